@@ -1,0 +1,3 @@
+from necst.cli import main
+
+main()

@@ -1,0 +1,78 @@
+"""The `necst` command: parse arguments, call the API, print. No logic lives here.
+
+Heavy modules (TensorFlow, the model stages) are imported inside the commands that need
+them, so `necst --help` and `necst process` start fast.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from necst.errors import NecstError
+
+app = typer.Typer(
+    name="necst",
+    help="Learn network traffic from captures, generate valid synthetic captures, "
+    "and stress-test an autoencoder anomaly detector.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def clean_errors(func):
+    """Turn a NecstError (or a missing file) into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except NecstError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+
+    return wrapper
+
+
+@app.command()
+@clean_errors
+def process(
+    captures: List[Path] = typer.Argument(..., help="Capture files (pcap, pcapng, optionally gzip-compressed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to write."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing dataset folder."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Captures processed in parallel."),
+    idle_timeout: float = typer.Option(120.0, help="Seconds of silence that end a flow (as NFStream's idle_timeout)."),
+    active_timeout: float = typer.Option(1800.0, help="Seconds after which a flow is cut (as NFStream's active_timeout)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Read captures into a dataset: packets.parquet, flows.parquet and meta.json."""
+    from necst.process.dataset import process_captures
+
+    meta = process_captures(
+        captures, out, force=force, workers=workers, idle_timeout=idle_timeout,
+        active_timeout=active_timeout, progress=not quiet,
+    )
+    for w in meta["warnings"]:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(
+        f"{meta['packets']} packets, {meta.get('flows', 0)} flows from {len(meta['inputs'])} "
+        f"capture(s) -> {out}"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
