@@ -3,8 +3,8 @@
 Two tools for one question, "which application does this packet belong to?":
 
 * ``label_apps`` answers it for whole batches in the reader's hot path, from ports and the
-  first 16 payload bytes, with numpy only (about a million packets in a few tens of ms).
-  It never calls Scapy.
+  first 16 payload bytes, with numpy only (under 0.1 s per million packets on the 2-core
+  development machine). It never calls Scapy.
 * ``IRC``, ``IMAP``, ``SMTP``, ``POP``, ``SIP``, ``SSH``, ``Telnet``, ``FTP`` and ``FTPData`` are
   dpkt-like Scapy layers (plain fields, no state), bound to their standard ports, for
   interactive use, for tests and for crafting payloads. They are built on first use (importing
@@ -13,7 +13,11 @@ Two tools for one question, "which application does this packet belong to?":
       from necst.process.apps import SMTP     # builds and binds all layers
       SMTP(b"EHLO mail.example\\r\\n").verb  # b'EHLO'
 
-  Dissecting arbitrary bytes with any of them never raises.
+  Dissecting arbitrary bytes with any of them never raises. Line protocols parse their first
+  line (``verb``/``arguments`` or ``code``/``text``, ``status``, ``tag``, ``prefix``/``params``;
+  "verb" because Scapy's Packet owns ``command``) and leave the rest in a Raw payload. ``SSH``
+  dissects into ``SSH`` (identification string), ``SSHBinaryPacket`` (cleartext lengths and
+  message code) or ``SSHEncrypted``; ``Telnet`` into ``TelnetCommand`` / ``TelnetData`` layers.
 
 Labelling rule (see ``label_apps``): a payload signature on the packet's well-known port first,
 then a strong signature on any port, then the port alone where the payload cannot contradict it.
