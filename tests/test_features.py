@@ -106,6 +106,14 @@ def test_row_order_and_index_are_the_inputs():
                                   check_categorical=False)
 
 
+def test_nullable_integer_columns_are_read():
+    df = handshake_table()
+    for c in ("src_port", "dst_port", "tcp_flags", "payload_len", "ip_proto"):
+        df[c] = df[c].astype("UInt16")
+    pd.testing.assert_frame_equal(packet_features(df), packet_features(handshake_table()),
+                                  check_categorical=False)
+
+
 def test_arrow_table_gives_the_same_features():
     df = handshake_table()
     fields = [PACKET_SCHEMA.field(c) for c in df.columns]

@@ -105,9 +105,7 @@ def _to_pandas(table: pa.Table | pd.DataFrame, needed: Sequence[str], what: str)
 
 def _ints(s: pd.Series, fill: int) -> np.ndarray:
     """An integer column with nulls replaced by ``fill``, as int64."""
-    if s.isna().any():
-        s = s.fillna(fill)
-    return s.to_numpy(dtype=np.int64)
+    return s.to_numpy(dtype=np.int64, na_value=fill)
 
 
 def _labels(s: pd.Series, fill: str) -> pd.Categorical:
@@ -153,24 +151,24 @@ def port_bucket(port: int | None) -> str:
     raise NecstError(f"port {port} is outside 0-65535")
 
 
-def _port_buckets(s: pd.Series) -> pd.Categorical:
-    ports = _ints(s, -1)
-    uniq, inv = np.unique(ports, return_inverse=True)
-    labels = [port_bucket(None if p < 0 else int(p)) for p in uniq]
+def _lookup_labels(values: np.ndarray, size: int, label_of) -> pd.Categorical:
+    """Label small non-negative integers (``-1`` = absent) through a table, without sorting."""
+    present = np.flatnonzero(np.bincount(values + 1, minlength=size + 1))
+    labels = [label_of(int(v) - 1) for v in present]
     cats = sorted(set(labels))
     index = {c: i for i, c in enumerate(cats)}
-    codes = np.array([index[label] for label in labels], dtype=np.int32)[inv]
-    return pd.Categorical.from_codes(codes, categories=cats)
+    table = np.zeros(size + 1, dtype=np.int32)
+    table[present] = [index[label] for label in labels]
+    return pd.Categorical.from_codes(table[values + 1], categories=cats)
+
+
+def _port_buckets(s: pd.Series) -> pd.Categorical:
+    return _lookup_labels(_ints(s, -1), 65536, lambda p: port_bucket(None if p < 0 else p))
 
 
 def _flag_labels(flags: pd.Series, is_tcp: np.ndarray) -> pd.Categorical:
-    bits = np.where(is_tcp, _ints(flags, 0), -1)
-    uniq, inv = np.unique(bits, return_inverse=True)
-    labels = [NOT_TCP if b < 0 else flag_names(int(b)) for b in uniq]
-    cats = sorted(set(labels))
-    index = {c: i for i, c in enumerate(cats)}
-    codes = np.array([index[label] for label in labels], dtype=np.int32)[inv]
-    return pd.Categorical.from_codes(codes, categories=cats)
+    bits = np.where(is_tcp, _ints(flags, 0) & 0x1FF, -1)
+    return _lookup_labels(bits, 512, lambda b: NOT_TCP if b < 0 else flag_names(b))
 
 
 def _kind(ip_proto: np.ndarray, has_ports: np.ndarray) -> pd.Categorical:
@@ -180,24 +178,35 @@ def _kind(ip_proto: np.ndarray, has_ports: np.ndarray) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, categories=["noflow", "tcp", "udp"])
 
 
-def _rolling(group: np.ndarray, ts: np.ndarray, nbytes: np.ndarray, windows_ns: Sequence[int]):
-    """Per-row bytes and packets of the same group in ``(t - w, t]``, rows sorted by (group, ts).
+def _rolling(group: np.ndarray, order: np.ndarray, ts: np.ndarray, nbytes: np.ndarray,
+             windows_ns: Sequence[int]):
+    """Bytes and packets of the same group in ``(t - w, t]`` for the rows ``order`` sorts.
 
-    Timestamps and window starts are ranked together (one sort), so that ``group * R + rank`` is
-    a single sorted int64 key and one ``searchsorted`` finds every window's first row without
-    the overflow that ``group * span + ts`` would risk on long captures.
+    ``order`` sorts the rows by (group, ts); ``group`` and ``nbytes`` are in that order, ``ts``
+    in the input's. Each timestamp is replaced by its rank among all timestamps, so that
+    ``group * R + rank`` is one sorted int64 key and one ``searchsorted`` finds every window's
+    first row, without the overflow ``group * span + ts`` would risk on long captures. Ranks
+    are searched in time order (the capture's order, nearly sorted already), where binary
+    searches run over monotone queries. Rows tied on a timestamp count up to the row itself.
     """
     n = len(ts)
-    starts = [ts - w for w in windows_ns]
-    uniq, inv = np.unique(np.concatenate([ts, *starts]), return_inverse=True)
-    radix = np.int64(len(uniq) + 1)
-    key = group * radix + inv[:n]
+    by_time = np.argsort(ts, kind="stable")  # timsort: about linear on capture order
+    every = ts[by_time]
+
+    def rank(values_by_time: np.ndarray) -> np.ndarray:
+        """Count of timestamps <= each value, back in (group, ts) order."""
+        r = np.empty(n, dtype=np.int64)
+        r[by_time] = np.searchsorted(every, values_by_time, side="right")
+        return r[order]
+
+    base = group * np.int64(n + 1)
+    key = base + rank(every)
     cum = np.concatenate([[0], np.cumsum(nbytes, dtype=np.int64)])
     rows = np.arange(n, dtype=np.int64)
     out = []
-    for k in range(len(windows_ns)):
-        qkey = group * radix + inv[n * (k + 1): n * (k + 2)]
-        first = np.searchsorted(key, qkey, side="right")  # rows with ts <= t - w come before
+    for w in windows_ns:
+        # rank(t_j) <= rank(t - w) exactly when t_j <= t - w: those rows precede the window
+        first = np.searchsorted(key, base + rank(every - w), side="right")
         out.append((cum[rows + 1] - cum[first], rows + 1 - first))
     return out
 
@@ -232,7 +241,7 @@ def packet_features(packets: pa.Table | pd.DataFrame) -> pd.DataFrame:
     so_far = cum[np.arange(1, n + 1)] - cum[group_first]
     elapsed_s = (t_sorted - t_sorted[group_first]) / 1e9
     rate_sorted = np.divide(so_far, elapsed_s, out=np.zeros(n), where=elapsed_s > 0)
-    windows = _rolling(group, t_sorted, w_sorted, [w * 1_000_000_000 for w in WINDOWS_S])
+    windows = _rolling(group, order, ts, w_sorted, [w * 1_000_000_000 for w in WINDOWS_S])
 
     def unsort(values: np.ndarray) -> np.ndarray:
         out = np.empty_like(values)
