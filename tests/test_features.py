@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from necst.errors import NecstError
 from necst.process.features import (
-    COMMON_PORTS, PORT_RANGES, FeatureSpec, categorical, continuous, flag_bits, flag_names,
+    COMMON_PORTS, PACKET_FEATURES, PORT_RANGES, FeatureSpec, categorical, continuous, flag_bits, flag_names,
     flow_features, flow_spec, packet_features, packet_spec, port_bucket,
 )
 from necst.schema import FLOW_SCHEMA, PACKET_SCHEMA
@@ -178,7 +178,17 @@ def test_port_buckets():
         assert port_bucket(lo) == label and port_bucket(hi) == label
 
 
+def test_empty_table_gives_empty_features():
+    f = packet_features(PACKET_SCHEMA.empty_table())
+    assert len(f) == 0 and list(f.columns[2:]) == list(PACKET_FEATURES)
+
+
 def test_packet_features_refuses_bad_tables():
+    bad = handshake_table()
+    bad.loc[0, "dst_port"] = 70_000
+    with pytest.raises(NecstError, match="outside"):
+        packet_features(bad)
+
     with pytest.raises(NecstError, match="lacks columns"):
         packet_features(pd.DataFrame({"ts_ns": [1]}))
     bad = handshake_table()

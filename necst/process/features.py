@@ -12,32 +12,36 @@ Two stages, kept apart on purpose:
 Packet features (one row per packet, in the input's row order; keys ``flow_id`` and ``ts_ns``
 ride along unscaled so that the flow models can cut sequences):
 
-=============== ============================================================================
-``kind``        ``tcp`` (IP protocol 6 with ports), ``udp`` (17 with ports), else ``noflow``
-                (ARP, ICMP, non-first fragments, other protocols)
-``app``         application label; null becomes ``unknown``
-``flag_combo``   the TCP flag combination, flag names joined by ``+`` in bit order
-                (``SYN``, ``SYN+ACK``, ``PSH+ACK``); ``NULL`` for a TCP packet without flags,
-                ``na`` for packets that are not TCP. ``flag_bits`` maps names back to bits.
-``src_port``,   port buckets: ports below 1024 and the registered ports in ``COMMON_PORTS`` are
-``dst_port``    kept as themselves (``"443"``); the others fall into ranges named by their
-                bounds: ``1024-32767`` (other registered), ``32768-49151`` (Linux ephemeral),
-                ``49152-65535`` (IANA / Windows ephemeral); ``none`` without ports. The
-                ``PORT_RANGES`` dict gives each range, for a generator to draw a port from.
-                Rare ports become ``other`` in the FeatureSpec (``min_frequency``).
-``direction``   0 initiator to responder, 1 back
-``flow_pos``    position of the packet in its flow, from 0
-``wire_len``    bytes on the wire
-``hdr_len``     everything before the payload (link + IP + L4 headers, Ethernet padding
-                included): ``wire_len - payload_len``; ``wire_len`` when payload is null
-``payload_len`` bytes after the transport header; 0 when null
-``gap_s``       seconds since the previous packet of the same flow (``flow_iat_ns``; 0 for the
-                first packet; negative gaps of out-of-order captures are clipped to 0)
-``rate_Bps``    mean rate of the flow so far: bytes of the flow up to and including this packet
-                divided by the seconds since the flow's first packet; 0 while that is 0
-``bytes_1s``,   wire bytes and packets of the same flow in the window ``(t - 1 s, t]``, this
-``pkts_1s``     packet included; ``bytes_60s`` and ``pkts_60s`` likewise over 60 s
-=============== ============================================================================
+================ ===========================================================================
+``kind``         ``tcp`` (IP protocol 6 with ports), ``udp`` (17 with ports), else ``noflow``
+                 (ARP, ICMP, non-first fragments, other protocols)
+``app``          application label; null becomes ``unknown``
+``flag_combo``   the TCP flag combination, flag names joined by ``+`` in bit order (``SYN``,
+                 ``SYN+ACK``, ``PSH+ACK``); ``NULL`` for a TCP packet without flags, ``na``
+                 for packets that are not TCP. ``flag_bits`` maps names back to bits.
+``src_port``,    port buckets: ports below 1024 and the registered ports in ``COMMON_PORTS``
+``dst_port``     are kept as themselves (``"443"``); the others fall into ranges named by
+                 their bounds: ``1024-32767`` (other registered), ``32768-49151`` (Linux
+                 ephemeral), ``49152-65535`` (IANA / Windows ephemeral); ``none`` without
+                 ports. ``PORT_RANGES`` gives each range, for a generator to draw a port
+                 from. Rare ports become ``other`` in the FeatureSpec (``min_frequency``).
+``direction``    0 initiator to responder, 1 back
+``flow_pos``     position of the packet in its flow, from 0
+``wire_len``     bytes on the wire
+``hdr_len``      everything before the payload (link + IP + L4 headers, Ethernet padding
+                 included): ``wire_len - payload_len``; ``wire_len`` when payload is null
+``payload_len``  bytes after the transport header; 0 when null
+``gap_s``        seconds since the previous packet of the same flow (``flow_iat_ns``; 0 for
+                 the first packet; negative gaps of out-of-order captures are clipped to 0)
+``rate_Bps``     mean rate of the flow so far: wire bytes of the flow up to and including
+                 this packet, divided by the seconds since the flow's first packet; 0 while
+                 that is 0
+``bytes_1s``,    wire bytes and packets of the same flow in the window ``(t - 1 s, t]``, up
+``pkts_1s``      to and including this packet; ``bytes_60s``, ``pkts_60s`` over 60 s
+================ ===========================================================================
+
+"Up to and including this packet" follows flow order: timestamp, then capture order for
+packets that share a timestamp, so a feature never looks at a later packet.
 
 Exactness of the round trip ``inverse_transform(transform(df))``: with ``dtype=np.float64``
 every field comes back exactly (integers after rounding) or, for seconds, within far less than
@@ -153,6 +157,9 @@ def port_bucket(port: int | None) -> str:
 
 def _lookup_labels(values: np.ndarray, size: int, label_of) -> pd.Categorical:
     """Label small non-negative integers (``-1`` = absent) through a table, without sorting."""
+    if len(values) and (values.min() < -1 or values.max() >= size):
+        raise NecstError(f"value {values.max() if values.max() >= size else values.min()} "
+                         f"is outside 0-{size - 1}")
     present = np.flatnonzero(np.bincount(values + 1, minlength=size + 1))
     labels = [label_of(int(v) - 1) for v in present]
     cats = sorted(set(labels))
