@@ -230,6 +230,9 @@ def test_packet_spec_round_trip_on_hand_made_table():
     assert spec.continuous_slice == slice(0, 10)
     assert spec.blocks[-1].name == "direction" and spec.blocks[-1].categories == (0, 1, "other")
     assert spec.blocks[-1].slice.stop == X.shape[1]
+    names = spec.get_feature_names_out()
+    assert len(names) == X.shape[1] and names[0] == "wire_len" and "kind=tcp" in names
+    assert names[spec.blocks[-1].slice][-1] == "direction=other"
 
 
 def test_json_round_trip_behaves_identically():

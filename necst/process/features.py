@@ -433,6 +433,14 @@ class FeatureSpec:
         self.blocks = blocks
         self.n_features_ = at
 
+    def get_feature_names_out(self) -> list[str]:
+        """One name per matrix column: ``wire_len``, ..., ``kind=tcp``, ``kind=other``."""
+        self._check_fitted()
+        names = []
+        for b in self.blocks:
+            names += [b.name] if b.kind == "continuous" else [f"{b.name}={c}" for c in b.categories]
+        return names
+
     @property
     def continuous_slice(self) -> slice:
         """The columns of the continuous block (one sigmoid head)."""
