@@ -146,6 +146,31 @@ def test_windows_and_rate_match_a_per_packet_reference(rows):
     assert f.rate_Bps.tolist() == pytest.approx(reference_rate(df), rel=1e-12)
 
 
+label_rows = st.lists(st.fixed_dictionaries({
+    "ip_proto": st.none() | st.sampled_from([1, 6, 17, 47]),
+    "src_port": st.none() | st.integers(0, 65535),
+    "dst_port": st.none() | st.sampled_from([22, 80, 443, 1883, 5353, 8080, 40000, 60000]),
+    "tcp_flags": st.none() | st.integers(0, 511),
+    "app": st.none() | st.sampled_from(["dns", "http"]),
+}), min_size=1, max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(label_rows)
+def test_labels_match_row_by_row_rules(rows):
+    df = make_packets([dict(r, ts_ns=i, wire_len=60, payload_len=0, flow_id=i, direction=0,
+                            flow_pos=0, flow_iat_ns=0) for i, r in enumerate(rows)])
+    f = packet_features(df)
+    for r, kind, combo, sp, dp, app in zip(rows, f.kind, f.flag_combo, f.src_port, f.dst_port,
+                                           f.app):
+        ports = r["src_port"] is not None and r["dst_port"] is not None
+        want = {6: "tcp", 17: "udp"}.get(r["ip_proto"], "noflow") if ports else "noflow"
+        assert kind == want
+        assert combo == (flag_names(r["tcp_flags"] or 0) if want == "tcp" else "na")
+        assert (sp, dp) == (port_bucket(r["src_port"]), port_bucket(r["dst_port"]))
+        assert app == (r["app"] or "unknown")
+
+
 def test_no_python_loop_over_packets_on_large_input():
     # 20k packets in one flow at 1 ms spacing: 1 s window holds 1000 packets once warmed up
     n = 20_000
