@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from necst.errors import NecstError
 from necst.process.features import (
-    COMMON_PORTS, PACKET_FEATURES, PORT_RANGES, FeatureSpec, categorical, continuous, flag_bits, flag_names,
+    COMMON_PORTS, FLOW_FEATURES, PACKET_FEATURES, PORT_RANGES, FeatureSpec, categorical, continuous, flag_bits, flag_names,
     flow_features, flow_spec, packet_features, packet_spec, port_bucket,
 )
 from necst.schema import FLOW_SCHEMA, PACKET_SCHEMA
@@ -431,3 +432,42 @@ def test_flow_features_and_round_trip():
     assert_round_trip(spec, f, back, exact=True)
     assert back.handshake.dtype == bool
     assert_round_trip(spec, f, spec.inverse_transform(spec.transform(f)), exact=False)
+
+
+# ------------------------------------------------------------------------------------------
+# a real capture
+# ------------------------------------------------------------------------------------------
+
+def test_round_trip_on_a_real_capture(shared_data):
+    """One iot_sentinel setup, read and metered as ``necst process`` does, then featurised."""
+    from necst.capture.reader import CaptureReader
+    from necst.process.decode import decode
+    from necst.process.flows import assign_flows
+
+    path = shared_data / "benign" / "iot_sentinel" / "HueBridge" / "Setup-C-12-STA.pcap"
+    packets = pa.Table.from_batches([decode(b) for b in CaptureReader(path)])
+    packets, flows = assign_flows(packets)
+    f = packet_features(packets)
+    assert len(f) == packets.num_rows
+    # the packet's kind and the kind of the flow it belongs to agree
+    flow_kind = flows.column("kind").to_pandas().astype(str).to_numpy()[f.flow_id.to_numpy()]
+    assert (flow_kind == f.kind.astype(str).to_numpy()).all()
+    assert {"tcp", "udp", "noflow"} <= set(f.kind) and "SYN+ACK" in set(f.flag_combo)
+    # per-flow counts: the 60 s window of each flow's last packet, for flows shorter than 60 s
+    last = f.groupby("flow_id").tail(1).set_index("flow_id")
+    short = flows.filter(pc.less(flows.column("bidirectional_duration_ms"), 59_000))
+    ids = short.column("flow_id").to_numpy()
+    assert last.loc[ids, "pkts_60s"].tolist() == short.column("bidirectional_packets").to_pylist()
+    assert last.loc[ids, "bytes_60s"].tolist() == short.column("bidirectional_bytes").to_pylist()
+
+    spec = packet_spec().fit(f)
+    assert_round_trip(spec, f, spec.inverse_transform(spec.transform(f, dtype=np.float64)), True)
+    assert_round_trip(spec, f, spec.inverse_transform(spec.transform(f)), False)
+    again = FeatureSpec.from_json(spec.to_json())
+    assert np.array_equal(again.transform(f), spec.transform(f))
+
+    ff = flow_features(flows)
+    assert list(ff.columns[1:]) == list(FLOW_FEATURES) and len(ff) == flows.num_rows
+    fspec = flow_spec().fit(ff)
+    assert_round_trip(fspec, ff, fspec.inverse_transform(fspec.transform(ff, dtype=np.float64)),
+                      True)
