@@ -44,6 +44,8 @@ END_REASONS = ("idle", "active", "fin", "rst", "eof")
 _IDLE, _ACTIVE, _FIN, _RST, _EOF = range(5)
 _FIN_F, _SYN_F, _RST_F, _ACK_F = 0x001, 0x002, 0x004, 0x010
 _BIG = np.iinfo(np.int64).max // 4
+# per-packet flag bits the meter needs, sorted as one column
+_B_FIN_LO, _B_FIN_HI, _B_RST, _B_SYN, _B_SYNACK, _B_ACK = 1, 2, 4, 8, 16, 32
 _NS_PER_MS = 1_000_000
 
 PACKET_FLOW_SCHEMA = pa.schema([PACKET_SCHEMA.field(n) for n in FLOW_COLUMNS_OF_PACKETS])
@@ -72,27 +74,50 @@ class _Interner:
                 chunk = pc.dictionary_encode(chunk)
             mapping = np.fromiter((self._code(v) for v in chunk.dictionary.to_pylist()),
                                   dtype=np.int64, count=len(chunk.dictionary))
-            idx = pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
             if mapping.size == 0:
                 out.append(np.full(len(chunk), -1, np.int64))
+            elif chunk.null_count == 0:
+                out.append(mapping[chunk.indices.to_numpy()])
             else:
+                idx = pc.fill_null(chunk.indices, -1).to_numpy().astype(np.int64)
                 out.append(np.where(idx >= 0, mapping[np.maximum(idx, 0)], -1))
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
     def decode(self, codes: np.ndarray) -> pa.Array:
-        table = np.array(self.values + [None], dtype=object)
-        return pa.array(table[np.where(codes >= 0, codes, len(self.values))], pa.string())
+        indices = pa.array(codes.astype(np.int32), pa.int32(), mask=codes < 0)
+        return pa.DictionaryArray.from_arrays(indices, pa.array(self.values, pa.string())).cast(pa.string())
 
 
 def _num(table: pa.Table, name: str, fill: int = -1) -> np.ndarray:
     if name not in table.column_names:
         return np.full(table.num_rows, fill, np.int64)
     col = table.column(name)
-    if col.type != pa.int64():
-        col = pc.cast(col, pa.int64())
-    if col.null_count:
-        col = pc.fill_null(col, fill)
-    return col.to_numpy().astype(np.int64, copy=False)
+    if col.null_count == 0:
+        return col.to_numpy().astype(np.int64, copy=False)
+    values = pc.fill_null(col, 0).to_numpy().astype(np.int64)
+    values[col.is_null().to_numpy(zero_copy_only=False)] = fill
+    return values
+
+
+def _group_keys(w1: np.ndarray, w2: np.ndarray, w3: np.ndarray) -> np.ndarray:
+    """Exact group codes of (w1, w2, w3), numbered by first appearance.
+
+    One hash factorize, then a check that every row equals its group's first row; a 64-bit
+    collision (never seen in practice) falls back to exact nested factorizing.
+    """
+    with np.errstate(over="ignore"):
+        h = (w1.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ w2.view(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+             ^ w3.view(np.uint64) * np.uint64(0x165667B19E3779F9))
+        h ^= h >> np.uint64(29)
+    codes, uniq = pd.factorize(h)
+    first = np.empty(len(uniq), np.int64)
+    first[codes[::-1]] = np.arange(codes.size - 1, -1, -1)
+    rep = first[codes]
+    if (np.array_equal(w1, w1[rep]) and np.array_equal(w2, w2[rep]) and np.array_equal(w3, w3[rep])):
+        return codes.astype(np.int64, copy=False)
+    c12 = pd.factorize(pd.factorize(w1)[0].astype(np.int64) * (w2.size + 1) + pd.factorize(w2)[0])[0]
+    return pd.factorize(c12.astype(np.int64) * (w3.size + 1) + pd.factorize(w3)[0])[0].astype(np.int64)
 
 
 def _next_true(mask: np.ndarray) -> np.ndarray:
@@ -211,11 +236,10 @@ class FlowMeter:
             src_mac=src_mac, dst_mac=dst_mac, protocol=proto, ip_version=_num(t, "ip_version"),
             vlan_id=vlan, ethertype=ethertype, kind=kind, app=app,
             # a FIN from the lower / higher endpoint; talking to itself, one FIN closes both ways
-            fin_lo=fin & (side == 0), fin_hi=fin & ((side == 1) | (ea == eb)),
-            rst=is_tcp & has(_RST_F),
-            pure_syn=is_tcp & has(_SYN_F) & ~has(_ACK_F),
-            synack=is_tcp & has(_SYN_F) & has(_ACK_F),
-            ack_only=is_tcp & has(_ACK_F) & ~has(_SYN_F),
+            bits=((fin & (side == 0)) * _B_FIN_LO | (fin & ((side == 1) | (ea == eb))) * _B_FIN_HI
+                  | (is_tcp & has(_RST_F)) * _B_RST | (is_tcp & has(_SYN_F) & ~has(_ACK_F)) * _B_SYN
+                  | (is_tcp & has(_SYN_F) & has(_ACK_F)) * _B_SYNACK
+                  | (is_tcp & has(_ACK_F) & ~has(_SYN_F)) * _B_ACK),
         )
 
     # ------------------------------------------------------------------ the meter
@@ -229,11 +253,7 @@ class FlowMeter:
             return np.concatenate([np.asarray(state_values, np.int64), np.asarray(batch_values, np.int64)])
 
         # --- key codes and the (key, capture order) sort
-        c1 = pd.factorize(cat(st["w1"], b["w1"]))[0]
-        c2, u2 = pd.factorize(cat(st["w2"], b["w2"]))
-        c12 = pd.factorize(c1.astype(np.int64) * max(len(u2), 1) + c2)[0]
-        c3, u3 = pd.factorize(cat(st["w3"], b["w3"]))
-        key, keys = pd.factorize(c12.astype(np.int64) * max(len(u3), 1) + c3)
+        key = _group_keys(*(cat(st[k], b[k]) for k in ("w1", "w2", "w3")))
         order = np.argsort(key, kind="stable")
         key = key.astype(np.int64)[order]
         virt = virt_all[order]
@@ -242,15 +262,26 @@ class FlowMeter:
         def srt(state_values, batch_values):
             return cat(state_values, batch_values)[order]
 
+        def at(state_values, batch_values, idx):
+            """Values at sorted positions idx without sorting whole columns."""
+            o = order[idx]
+            out = np.empty(o.size, np.int64)
+            v = o < m
+            out[v] = np.asarray(state_values)[o[v]]
+            out[~v] = np.asarray(batch_values)[o[~v] - m]
+            return out
+
         t = srt(st["last_ms"], b["t"])
-        start_t = srt(st["first_ms"], b["t"])
         side = srt(st["init_side"], b["side"])
         closed_st = st["closed"]
         tcp_close = self.tcp_close
-        fin_lo = srt((st["fin_lo"] > 0) | (closed_st == _FIN), b["fin_lo"]) > 0
-        fin_hi = srt((st["fin_hi"] > 0) | (closed_st == _FIN), b["fin_hi"]) > 0
-        rst = srt(closed_st == _RST, b["rst"]) > 0
-        syn = srt(np.zeros(m), b["pure_syn"]) > 0
+        # carried flows' close state goes into their virtual row's flag bits
+        state_bits = (((st["fin_lo"] > 0) | (closed_st == _FIN)) * _B_FIN_LO
+                      | ((st["fin_hi"] > 0) | (closed_st == _FIN)) * _B_FIN_HI
+                      | (closed_st == _RST) * _B_RST)
+        bits = srt(state_bits, b["bits"])
+        fin_lo, fin_hi = (bits & _B_FIN_LO) > 0, (bits & _B_FIN_HI) > 0
+        rst, syn = (bits & _B_RST) > 0, (bits & _B_SYN) > 0
 
         # --- base segments: key starts and idle gaps
         key_start = np.empty(N, bool)
@@ -264,12 +295,13 @@ class FlowMeter:
         # --- active-timeout and TCP-close splits, one vectorized round per split depth
         seg = np.flatnonzero(starts_mask)
         seg_end = np.append(seg[1:], N)
-        span = int(max(t.max(), start_t.max()) - start_t.min()) + self._active_ms + 1
-        t_rel = t - start_t.min()
+        t_lo = int(min(t.min(), st["first_ms"].min())) if m else int(t.min())
+        span = int(t.max()) - t_lo + self._active_ms + 1
+        t_rel = t - t_lo
         composite = key * span + t_rel
         if tcp_close:
             nxt_rst, nxt_lo, nxt_hi, nxt_syn = (_next_true(a) for a in (rst, fin_lo, fin_hi, syn))
-        cur, cur_end, cur_t0 = seg, seg_end, start_t[seg] - start_t.min()
+        cur, cur_end, cur_t0 = seg, seg_end, at(st["first_ms"], b["t"], seg) - t_lo
         while cur.size:
             nxt = np.searchsorted(composite, key[cur] * span + cur_t0 + self._active_ms, "left")
             if tcp_close:
@@ -349,21 +381,20 @@ class FlowMeter:
             "d2s_first_ms": extreme("d2s_first_ms", t, bwd, np.minimum, _BIG),
             "s2d_last_ms": extreme("s2d_last_ms", t, fwd, np.maximum, -1),
             "d2s_last_ms": extreme("d2s_last_ms", t, bwd, np.maximum, -1),
-            "synack_pos": extreme("synack_pos", pos, bwd & (srt(np.zeros(m), b["synack"]) > 0),
+            "synack_pos": extreme("synack_pos", pos, bwd & ((bits & _B_SYNACK) > 0),
                                   np.minimum, _BIG),
-            "ack_pos": extreme("ack_pos", pos, fwd & (srt(np.zeros(m), b["ack_only"]) > 0),
+            "ack_pos": extreme("ack_pos", pos, fwd & ((bits & _B_ACK) > 0),
                                np.minimum, _BIG),
             "fin_lo": np.maximum.reduceat(fin_lo.astype(np.int64), fs),
             "fin_hi": np.maximum.reduceat(fin_hi.astype(np.int64), fs),
         }
-        agg["first_ms"] = start_t[fs]
+        agg["first_ms"] = at(st["first_ms"], b["t"], fs)
         agg["last_ms"] = t[fe - 1]
-        ts_s = srt(st["last_ns"], b["ts"])
-        agg["first_ns"] = np.where(fvirt, carried("first_ns"), ts_s[fs])
-        agg["last_ns"] = ts_s[fe - 1]
+        agg["first_ns"] = at(st["first_ns"], b["ts"], fs)
+        agg["last_ns"] = at(st["last_ns"], b["ts"], fe - 1)
         agg["last_meter_ns"] = meter_s[fe - 1]
-        agg["syn0"] = np.where(fvirt, carried("syn0"), srt(np.zeros(m), b["pure_syn"])[fs])
-        agg["w1"], agg["w2"], agg["w3"] = (srt(st[k], b[k])[fs] for k in ("w1", "w2", "w3"))
+        agg["syn0"] = np.where(fvirt, carried("syn0"), (bits[fs] & _B_SYN) > 0)
+        agg["w1"], agg["w2"], agg["w3"] = (at(st[k], b[k], fs) for k in ("w1", "w2", "w3"))
         agg["flow_id"] = fid
         agg["init_side"] = init_side
         for k in ("src_ip", "dst_ip", "src_port", "dst_port", "src_mac", "dst_mac",
