@@ -189,7 +189,9 @@ class FlowMeter:
         st = self._state
         m = st["flow_id"].size
         reason = np.where(st["closed"] > 0, st["closed"], _EOF)
-        app = self._best_app(np.arange(m), st["flow_id"], self._app_counts)
+        counts = self._app_counts
+        groups = self._carried_groups(counts[:, 0], st["flow_id"])
+        app = self._best_app(np.stack([groups, counts[:, 1], counts[:, 2]], axis=1), m)
         out = self._flow_table(st, np.arange(m), reason, app)
         self._state = {k: np.empty(0, np.int64) for k in _STATE}
         self._app_counts = np.empty((0, 3), np.int64)
@@ -421,17 +423,28 @@ class FlowMeter:
                           np.where(~last_of_key & ~next_is_idle, _ACTIVE, _IDLE))
 
         # --- application labels: counts per (flow, app), carried for open flows
-        counts = self._app_tally(b["app"], src, real, row_flow, fid, fs, nflows)
+        unknown = self._apps.index.get("unknown", -2)
+        rows_app = np.full(N, -1, np.int64)
+        rows_app[real] = b["app"][src[real]]
+        lab = (rows_app >= 0) & (rows_app != unknown)
+        old = self._app_counts
+        counts = self._tally(
+            np.concatenate([self._carried_groups(old[:, 0], fid), row_flow[lab]]),
+            np.concatenate([old[:, 1], rows_app[lab]]),
+            np.concatenate([old[:, 2], np.ones(int(lab.sum()), np.int64)]))
+        best_app = self._best_app(counts, nflows)
 
         done = np.flatnonzero(ended)
         done = done[np.argsort(fid[done], kind="stable")]
-        app = self._best_app(done, fid, counts)
+        app = best_app[done]
         flows = self._flow_table(agg, done, reason[done], app)
 
         keep = np.flatnonzero(~ended)
         self._state = {k: agg[k][keep] for k in _STATE}
         open_ids = fid[keep]
-        self._app_counts = counts[np.isin(counts[:, 0], open_ids)] if counts.size else counts
+        still_open = ~ended[counts[:, 0]]
+        self._app_counts = np.stack([fid[counts[still_open, 0]], counts[still_open, 1],
+                                     counts[still_open, 2]], axis=1)
 
         pkt = pa.table(
             {
@@ -445,47 +458,35 @@ class FlowMeter:
         return pkt, flows
 
     # ------------------------------------------------------------------ labels
-    def _app_tally(self, app_codes, src, real, row_flow, fid, fs, nflows) -> np.ndarray:
-        """(flow_id, app, count) rows for this batch plus the carried open flows' counts."""
-        unknown = self._apps.index.get("unknown", -2)
-        rows_app = np.full(src.size, -1, np.int64)
-        rows_app[real] = app_codes[src[real]]
-        lab = (rows_app >= 0) & (rows_app != unknown)
-        f = fid[row_flow[lab]]
-        a = rows_app[lab]
-        w = np.ones(f.size, np.int64)
-        if self._app_counts.size:
-            f = np.concatenate([self._app_counts[:, 0], f])
-            a = np.concatenate([self._app_counts[:, 1], a])
-            w = np.concatenate([self._app_counts[:, 2], w])
-        if f.size == 0:
+    def _tally(self, group: np.ndarray, app: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """(group, app, count) rows: hashed, so linear in the number of labelled packets."""
+        if group.size == 0:
             return np.empty((0, 3), np.int64)
         napps = max(len(self._apps.values), 1)
-        combo, inv = np.unique(f * napps + a, return_inverse=True)
-        cnt = np.bincount(inv.ravel(), weights=w).astype(np.int64)
-        return np.stack([combo // napps, combo % napps, cnt], axis=1)
+        codes, combos = pd.factorize(group * napps + app)
+        count = np.bincount(codes, weights=weight, minlength=len(combos)).astype(np.int64)
+        combos = np.asarray(combos, np.int64)
+        return np.stack([combos // napps, combos % napps, count], axis=1)
 
-    def _best_app(self, rows, fid, counts) -> np.ndarray:
-        """Most common labelled app per flow; ties go to the alphabetically first label."""
-        out = np.full(rows.size, -1, np.int64)
-        if counts.size == 0 or rows.size == 0:
+    def _best_app(self, counts: np.ndarray, ngroups: int) -> np.ndarray:
+        """Most common labelled app per group (-1 none); ties go to the alphabetically first."""
+        out = np.full(ngroups, -1, np.int64)
+        if counts.size == 0:
             return out
-        names = np.array(self._apps.values, dtype=object)
+        names = np.array(self._apps.values, dtype=str)
         alpha = np.empty(len(names), np.int64)
-        alpha[np.argsort(names.astype(str), kind="stable")] = np.arange(len(names))
-        sel = counts[np.isin(counts[:, 0], fid[rows])]
-        if sel.size == 0:
-            return out
-        o = np.lexsort((alpha[sel[:, 1]], -sel[:, 2], sel[:, 0]))
-        sel = sel[o]
-        first = np.ones(len(sel), bool)
-        first[1:] = sel[1:, 0] != sel[:-1, 0]
-        best = sel[first]
-        pos = np.searchsorted(best[:, 0], fid[rows])
-        pos = np.minimum(pos, len(best) - 1)
-        hit = best[pos, 0] == fid[rows]
-        out[hit] = best[pos[hit], 1]
+        alpha[np.argsort(names, kind="stable")] = np.arange(len(names))
+        o = np.lexsort((alpha[counts[:, 1]], -counts[:, 2], counts[:, 0]))
+        ranked = counts[o]
+        first = np.ones(len(ranked), bool)
+        first[1:] = ranked[1:, 0] != ranked[:-1, 0]
+        out[ranked[first, 0]] = ranked[first, 1]
         return out
+
+    def _carried_groups(self, fids: np.ndarray, flow_ids: np.ndarray) -> np.ndarray:
+        """Index in flow_ids of each carried count row's flow (all of them are present)."""
+        o = np.argsort(flow_ids, kind="stable")
+        return o[np.searchsorted(flow_ids[o], fids)]
 
     # ------------------------------------------------------------------ output
     def _flow_table(self, agg: dict, rows: np.ndarray, reason: np.ndarray, app: np.ndarray) -> pa.Table:
