@@ -54,9 +54,8 @@ def necst_as_nfstream(flows) -> pd.DataFrame:
     directions have first/last seen 0; non-IP noflows have no NFStream counterpart."""
     df = flows.to_pandas()
     df = df[df["src_ip"].notna() & df["protocol"].notna()].copy()
-    for c in ("src_port", "dst_port", "vlan_id"):
-        df[c] = df[c].fillna(0)
-    for c in ("src2dst_first_seen_ms", "src2dst_last_seen_ms", "dst2src_first_seen_ms", "dst2src_last_seen_ms"):
+    for c in ("src_port", "dst_port", "vlan_id", "src2dst_first_seen_ms", "src2dst_last_seen_ms",
+              "dst2src_first_seen_ms", "dst2src_last_seen_ms"):
         df[c] = df[c].fillna(0)
     return df
 

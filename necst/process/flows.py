@@ -157,17 +157,19 @@ class FlowMeter:
     idle_timeout: float = 120.0
     active_timeout: float = 1800.0
     tcp_close: bool = True
-    _ips: _Interner = field(default_factory=_Interner, repr=False)
-    _macs: _Interner = field(default_factory=_Interner, repr=False)
-    _apps: _Interner = field(default_factory=_Interner, repr=False)
-    _state: dict = field(default=None, repr=False)
-    _app_counts: np.ndarray = field(default=None, repr=False)  # rows (flow_id, app, count)
-    _tick_ns: int = field(default=np.iinfo(np.int64).min, repr=False)
-    _next_id: int = field(default=0, repr=False)
+    _ips: _Interner = field(init=False, repr=False)  # string -> code, stable across batches
+    _macs: _Interner = field(init=False, repr=False)
+    _apps: _Interner = field(init=False, repr=False)
+    _state: dict = field(init=False, repr=False)  # open flows, columns of _STATE
+    _app_counts: np.ndarray = field(init=False, repr=False)  # open flows' (flow_id, app, count)
+    _tick_ns: int = field(init=False, repr=False)  # meter time: newest timestamp so far
+    _next_id: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (self.idle_timeout > 0 and self.active_timeout > 0):
             raise ValueError("idle_timeout and active_timeout must be positive")
+        self._ips, self._macs, self._apps = _Interner(), _Interner(), _Interner()
+        self._tick_ns, self._next_id = int(np.iinfo(np.int64).min), 0
         self._idle_ms = int(round(self.idle_timeout * 1000))
         self._active_ms = int(round(self.active_timeout * 1000))
         self._state = {k: np.empty(0, np.int64) for k in _STATE}
@@ -179,6 +181,9 @@ class FlowMeter:
         return int(self._state["flow_id"].size)
 
     def update(self, packets: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """Meter the next packets of the capture (PacketTable columns; flow columns and any
+        others are ignored). Cost is linear in this batch plus the open flows, so batches of
+        about 100k packets (the reader's) keep the carried state a small share of the work."""
         n = packets.num_rows
         if n == 0:
             return PACKET_FLOW_SCHEMA.empty_table(), FLOW_SCHEMA.empty_table()
@@ -186,6 +191,7 @@ class FlowMeter:
         return self._meter(batch)
 
     def finish(self) -> pa.Table:
+        """The flows still open at the end of the capture; the meter is then empty."""
         st = self._state
         m = st["flow_id"].size
         reason = np.where(st["closed"] > 0, st["closed"], _EOF)
@@ -441,7 +447,6 @@ class FlowMeter:
 
         keep = np.flatnonzero(~ended)
         self._state = {k: agg[k][keep] for k in _STATE}
-        open_ids = fid[keep]
         still_open = ~ended[counts[:, 0]]
         self._app_counts = np.stack([fid[counts[still_open, 0]], counts[still_open, 1],
                                      counts[still_open, 2]], axis=1)
