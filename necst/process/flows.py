@@ -157,6 +157,7 @@ class FlowMeter:
     idle_timeout: float = 120.0
     active_timeout: float = 1800.0
     tcp_close: bool = True
+    ordered: bool = True  # emit ended flows in flow_id order (held back until older ones end)
     _ips: _Interner = field(init=False, repr=False)  # string -> code, stable across batches
     _macs: _Interner = field(init=False, repr=False)
     _apps: _Interner = field(init=False, repr=False)
@@ -164,12 +165,14 @@ class FlowMeter:
     _app_counts: np.ndarray = field(init=False, repr=False)  # open flows' (flow_id, app, count)
     _tick_ns: int = field(init=False, repr=False)  # meter time: newest timestamp so far
     _next_id: int = field(init=False, repr=False)
+    _held: pa.Table = field(init=False, repr=False)  # ended flows waiting for older open ones
 
     def __post_init__(self) -> None:
         if not (self.idle_timeout > 0 and self.active_timeout > 0):
             raise ValueError("idle_timeout and active_timeout must be positive")
         self._ips, self._macs, self._apps = _Interner(), _Interner(), _Interner()
         self._tick_ns, self._next_id = int(np.iinfo(np.int64).min), 0
+        self._held = FLOW_SCHEMA.empty_table()
         self._idle_ms = int(round(self.idle_timeout * 1000))
         self._active_ms = int(round(self.active_timeout * 1000))
         self._state = {k: np.empty(0, np.int64) for k in _STATE}
@@ -201,7 +204,7 @@ class FlowMeter:
         out = self._flow_table(st, np.arange(m), reason, app)
         self._state = {k: np.empty(0, np.int64) for k in _STATE}
         self._app_counts = np.empty((0, 3), np.int64)
-        return out
+        return self._release(out)
 
     def process(self, packets: pa.Table) -> tuple[pa.Table, pa.Table]:
         """One-shot: the four flow columns for every packet, and all flows sorted by flow_id."""
@@ -460,7 +463,21 @@ class FlowMeter:
             },
             schema=PACKET_FLOW_SCHEMA,
         )
-        return pkt, flows
+        return pkt, self._release(flows)
+
+    def _release(self, ended: pa.Table) -> pa.Table:
+        """In ordered mode, the ended flows whose ids precede every open flow's, in id order.
+
+        A flow lasts at most active_timeout and ends idle_timeout after its last packet, so
+        what is held back is bounded by the flows of the last half hour, not the capture."""
+        if not self.ordered:
+            return ended.sort_by("flow_id")
+        pool = pa.concat_tables([self._held, ended]).sort_by("flow_id") if ended.num_rows else self._held
+        ids = self._state["flow_id"]
+        cut = pool.num_rows if ids.size == 0 else int(np.searchsorted(
+            pool.column("flow_id").to_numpy(), ids.min()))
+        self._held = pool.slice(cut)
+        return pool.slice(0, cut)
 
     # ------------------------------------------------------------------ labels
     def _tally(self, group: np.ndarray, app: np.ndarray, weight: np.ndarray) -> np.ndarray:
