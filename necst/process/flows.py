@@ -23,10 +23,14 @@ Rules (chosen to match NFStream 6.x wherever NFStream has a rule, so the two com
 * ``flow_iat_ns`` uses the same non-decreasing meter time, so it is never negative.
 
 The meter sorts each batch by (key, capture order), splits on idle gaps with ``np.diff``, finds
-active-timeout and close splits with ``searchsorted`` / next-index arrays (one vectorized round
-per split depth, not per packet), and aggregates contiguous runs with ``reduceat``. Open flows are
+active-timeout and close splits with ``searchsorted`` (one vectorized round per split depth within
+a key, not per packet), and aggregates contiguous runs with ``reduceat``. Open flows are
 prepended to the next batch as one "virtual" row each that carries their partial aggregates, so
 any split of the input into batches gives the same result as one batch.
+
+API: ``FlowMeter(idle_timeout, active_timeout, tcp_close=True, ordered=True)``;
+``update(packets) -> (flow columns of these packets, ended flows)``; ``finish() -> the rest``;
+``process(packets)`` and ``assign_flows(packets)`` for one-shot use. One meter per capture file.
 """
 from __future__ import annotations
 
@@ -120,14 +124,14 @@ def _group_keys(w1: np.ndarray, w2: np.ndarray, w3: np.ndarray) -> np.ndarray:
     return pd.factorize(c12.astype(np.int64) * (w3.size + 1) + pd.factorize(w3)[0])[0].astype(np.int64)
 
 
-def _next_true(mask: np.ndarray) -> np.ndarray:
-    """next_true(m)[i] = smallest j >= i with m[j], else len(m); one extra slot at the end."""
-    n = mask.size
-    idx = np.where(mask, np.arange(n, dtype=np.int64), n)
-    out = np.empty(n + 1, np.int64)
-    out[n] = n
-    out[:n] = np.minimum.accumulate(idx[::-1])[::-1]
-    return out
+class _NextTrue:
+    """Query "first j >= i with mask[j]" (len(mask) if none) at chosen positions only."""
+
+    def __init__(self, mask: np.ndarray):
+        self.pos = np.append(np.flatnonzero(mask), mask.size)
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        return self.pos[np.minimum(np.searchsorted(self.pos, idx), self.pos.size - 1)]
 
 
 # Per-flow state carried between batches (all int64 arrays, one entry per open flow).
@@ -311,7 +315,7 @@ class FlowMeter:
         t_rel = t - t_lo
         composite = key * span + t_rel
         if tcp_close:
-            nxt_rst, nxt_lo, nxt_hi, nxt_syn = (_next_true(a) for a in (rst, fin_lo, fin_hi, syn))
+            nxt_rst, nxt_lo, nxt_hi, nxt_syn = (_NextTrue(a) for a in (rst, fin_lo, fin_hi, syn))
         cur, cur_end, cur_t0 = seg, seg_end, at(st["first_ms"], b["t"], seg) - t_lo
         while cur.size:
             nxt = np.searchsorted(composite, key[cur] * span + cur_t0 + self._active_ms, "left")
