@@ -74,7 +74,7 @@ def process(
 @clean_errors
 def evaluate(
     real: Path = typer.Argument(..., help="Real traffic: a capture or a dataset folder."),
-    synth: Path = typer.Argument(..., help="Synthetic traffic: a capture or a dataset folder."),
+    synth: Optional[Path] = typer.Argument(None, help="Synthetic traffic: a capture or a dataset folder (leave out to score only the floor and --baseline)."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder to write."),
     floor: Optional[Path] = typer.Option(None, "--floor", help="A second real sample: the real-vs-real floor."),
     split: Optional[float] = typer.Option(None, "--split", help="Cut REAL by time: the first part is the reference, the rest the floor (e.g. 0.7)."),
@@ -90,11 +90,14 @@ def evaluate(
         _fail("give --floor or --split, not both")
     if out.exists() and not force:
         _fail(f"{out}: exists already (use --force to overwrite)")
-    labels = {"real": str(real), "synth": str(synth)}
+    if synth is None and baseline is None:
+        _fail("give SYNTH, or --baseline marginals to score the trivial generator alone")
+    labels = {"real": str(real), "synth": str(synth) if synth is not None else "none"}
     if floor is not None:
         labels["floor"] = str(floor)
     result = run_evaluation(
-        load_sample(real, name="REAL"), load_sample(synth, name="SYNTH"),
+        load_sample(real, name="REAL"),
+        None if synth is None else load_sample(synth, name="SYNTH"),
         floor=None if floor is None else load_sample(floor, name="floor"),
         split=split, baseline=baseline, seed=seed, labels=labels,
     )
@@ -103,9 +106,10 @@ def evaluate(
     for key, s in summary.items():
         typer.echo(f"{key}: median ratio to floor {s['median_ratio']:.2f}x, "
                    f"{s['within_2x']}/{s['metrics_with_ratio']} metrics within 2x")
-    auc = (result.report["discriminator"].get("synthetic") or {}).get("auc")
-    if auc is not None:
-        typer.echo(f"discriminator ROC AUC, real vs synthetic: {auc:.3f} (0.5 = indistinguishable)")
+    for key, d in result.report["discriminator"].items():
+        if d and d.get("auc") is not None:
+            typer.echo(f"discriminator ROC AUC, reference vs {key}: {d['auc']:.3f} "
+                       f"(0.5 = indistinguishable)")
     typer.echo(f"report -> {out / 'report.html'}")
 
 

@@ -272,3 +272,12 @@ def _env():
     import os
 
     return dict(os.environ)
+
+
+def test_floor_and_baseline_alone(real):
+    e = ev.evaluate(real, None, split=0.7, baseline="marginals", discriminator=False)
+    assert set(e.report["sizes"]) == {"reference", "floor", "baseline"}
+    row = e.report["metrics"][0]
+    assert "ratio" not in row and "baseline_ratio" in row
+    with pytest.raises(ValueError):
+        ev.evaluate(real, None)

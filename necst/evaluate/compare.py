@@ -165,7 +165,7 @@ class Evaluation:
     samples: dict
 
 
-def evaluate(real, synth, *, floor=None, split: float | None = None,
+def evaluate(real, synth=None, *, floor=None, split: float | None = None,
              baseline: str | None = None, seed: int = 0, discriminator: bool = True,
              labels: dict | None = None) -> Evaluation:
     """Score ``synth`` against ``real``, with the floor and baseline when asked.
@@ -175,7 +175,8 @@ def evaluate(real, synth, *, floor=None, split: float | None = None,
     packets) is the reference that synth and baseline are compared with, and its later part is
     the floor (reference vs later real traffic). Train the model on that first part only, so
     that the floor is held-out real traffic. ``baseline="marginals"`` also scores the
-    independent-marginals generator drawn from the reference.
+    independent-marginals generator drawn from the reference. ``synth`` may be None to score
+    only the floor and the baseline (the bar a model has to clear).
     """
     from necst.evaluate.sampling import marginals_baseline, split_by_time
 
@@ -185,6 +186,8 @@ def evaluate(real, synth, *, floor=None, split: float | None = None,
         from necst.errors import NecstError
 
         raise NecstError(f"unknown baseline {baseline!r} (known: marginals)")
+    if synth is None and baseline is None and floor is None and split is None:
+        raise ValueError("nothing to compare REAL with: give synth, a floor, a split or a baseline")
     real_p, real_f = _tables(real)
     floor_p = floor_f = None
     if split is not None:
@@ -192,7 +195,8 @@ def evaluate(real, synth, *, floor=None, split: float | None = None,
     elif floor is not None:
         floor_p, floor_f = _tables(floor)
     samples = {"reference": prepare(real_p, real_f, "real")}
-    samples["synthetic"] = prepare(*_tables(synth), "synthetic")
+    if synth is not None:
+        samples["synthetic"] = prepare(*_tables(synth), "synthetic")
     if floor_p is not None:
         samples["floor"] = prepare(floor_p, floor_f, "floor")
     if baseline == "marginals":
@@ -211,7 +215,8 @@ def evaluate(real, synth, *, floor=None, split: float | None = None,
         for key in values:
             row[key] = values[key][mt.name]
         if "floor" in values:
-            row["ratio"] = ratio(mt.name, row["synthetic"], row["floor"])
+            if "synthetic" in values:
+                row["ratio"] = ratio(mt.name, row["synthetic"], row["floor"])
             if "baseline" in values:
                 row["baseline_ratio"] = ratio(mt.name, row["baseline"], row["floor"])
         rows.append(row)
@@ -232,7 +237,7 @@ def evaluate(real, synth, *, floor=None, split: float | None = None,
     return Evaluation(report=_clean(report), samples=samples)
 
 
-def fidelity_report(real, synth, *, floor=None, split: float | None = None,
+def fidelity_report(real, synth=None, *, floor=None, split: float | None = None,
                     baseline: str | None = None, seed: int = 0,
                     discriminator: bool = True) -> dict:
     """The report as a JSON-ready dict (see ``evaluate``; ``write_report`` saves it)."""

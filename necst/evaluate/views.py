@@ -197,8 +197,9 @@ def prepare(packets, flows=None, name: str = "sample") -> Sample:
     if len(p) == 0:
         raise NecstError(f"{name}: no packets to evaluate")
     f = to_frame(flows, FLOW_COLUMNS, f"{name} flows") if flows is not None else None
-    if f is None or len(f) == 0 and "flow_id" in p.columns and p["flow_id"].notna().any():
-        f = flows_from_packets(p)
+    if f is None or len(f) == 0:
+        has_ids = "flow_id" in p.columns and p["flow_id"].notna().any()
+        f = flows_from_packets(p) if has_ids else pd.DataFrame({"flow_id": []})
 
     ts = _num(p["ts_ns"])
     t0 = np.nanmin(ts)
