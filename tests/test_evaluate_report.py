@@ -281,3 +281,21 @@ def test_floor_and_baseline_alone(real):
     assert "ratio" not in row and "baseline_ratio" in row
     with pytest.raises(ValueError):
         ev.evaluate(real, None)
+
+
+def test_real_capture_floor_and_baseline(shared_data, tmp_path):
+    """lockly-hub split 70/30 by time: the floor is finite everywhere it applies, and the
+    marginals baseline loses what ties a flow's packets together while the floor keeps it."""
+    pytest.importorskip("necst.process.dataset")
+    from necst.evaluate.report import load_sample
+
+    capture = shared_data / "benign" / "tj_iot" / "lockly-hub-01.pcap"
+    real = load_sample(capture, tmp_path)
+    e = ev.evaluate(real, None, split=0.7, baseline="marginals", seed=0)
+    rows = {r["name"]: r for r in e.report["metrics"]}
+    json.dumps(e.report, allow_nan=False)
+    for name in ("src_ip_rank_jsd", "dst_port_jsd", "packet_length_emd", "flow_packets_emd",
+                 "packets_per_s_emd", "discriminator_auc"):
+        assert rows[name]["floor"] is not None, name
+    assert rows["discriminator_auc"]["baseline"] > rows["discriminator_auc"]["floor"]
+    assert rows["tcp_direction_changes_emd"]["baseline"] > rows["tcp_direction_changes_emd"]["floor"]
