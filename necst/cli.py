@@ -83,8 +83,12 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing report folder."),
 ) -> None:
     """Fidelity report: every metric beside the real-vs-real floor (report.json, report.html, plots/)."""
+    import time
+
     from necst.evaluate import evaluate as run_evaluation, write_report
     from necst.evaluate.report import load_sample
+
+    started = time.perf_counter()
 
     if floor is not None and split is not None:
         _fail("give --floor or --split, not both")
@@ -110,7 +114,7 @@ def evaluate(
         if d and d.get("auc") is not None:
             typer.echo(f"discriminator ROC AUC, reference vs {key}: {d['auc']:.3f} "
                        f"(0.5 = indistinguishable)")
-    typer.echo(f"report -> {out / 'report.html'}")
+    typer.echo(f"report -> {out / 'report.html'} ({time.perf_counter() - started:.1f} s)")
 
 
 def main() -> None:
