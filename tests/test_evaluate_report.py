@@ -286,7 +286,6 @@ def test_floor_and_baseline_alone(real):
 def test_real_capture_floor_and_baseline(shared_data, tmp_path):
     """lockly-hub split 70/30 by time: the floor is finite everywhere it applies, and the
     marginals baseline loses what ties a flow's packets together while the floor keeps it."""
-    pytest.importorskip("necst.process.dataset")
     from necst.evaluate.report import load_sample
 
     capture = shared_data / "benign" / "tj_iot" / "lockly-hub-01.pcap"

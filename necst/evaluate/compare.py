@@ -231,6 +231,7 @@ def evaluate(real, synth=None, *, floor=None, split: float | None = None,
         "discriminator": {k: details[k].get("discriminator") for k in details},
         "metrics": rows,
         "summary": _summary(rows),
+        "notes": NOTES + ([SPLIT_NOTE] if split is not None else []),
     }
     if split is not None:
         report["split"] = split
@@ -243,6 +244,24 @@ def fidelity_report(real, synth=None, *, floor=None, split: float | None = None,
     """The report as a JSON-ready dict (see ``evaluate``; ``write_report`` saves it)."""
     return evaluate(real, synth, floor=floor, split=split, baseline=baseline, seed=seed,
                     discriminator=discriminator).report
+
+
+NOTES = [
+    "Every metric is a distance from the reference (0 = identical). JSD is the squared "
+    "Jensen-Shannon distance in nats (scipy's jensenshannon, natural log, squared: NetShare's "
+    "definition, at most ln 2 = 0.693).",
+    "Ratio = metric / floor. Below 1 means closer to the reference than held-out real traffic "
+    "is: expected of the marginals baseline, which is drawn from the reference itself, and a "
+    "sign of memorisation in a model trained on the reference.",
+    "Per-second packets, bytes and new flows are compared as distributions of the per-second "
+    "values (quiet seconds included), not aligned in time, since samples differ in start and "
+    "length. arrival_s_emd (NetShare's) grows with the difference in span; "
+    "arrival_fraction_emd compares the shape of activity over each sample's own span.",
+    "TCP shares are read from packets: a handshake is a flow whose first three packets are "
+    "SYN (initiator), SYN-ACK (responder), ACK (initiator).",
+]
+SPLIT_NOTE = ("With a split, the floor is the smaller, later part: sampling noise and drift over "
+              "time both raise it, so it is the distance of fresh real traffic, not zero.")
 
 
 def _describe_reference(split, has_floor) -> str:

@@ -21,7 +21,10 @@ def load_sample(path, workdir: Path | None = None, *, name: str = "input"):
         return _read_dataset(path)
     if not path.exists():
         raise NecstError(f"{name} not found", path)
-    from necst.process.dataset import process_captures
+    try:
+        from necst.process.dataset import process_captures
+    except ImportError:  # the dataset writer has not landed: read the capture in memory
+        return read_capture(path)
 
     work = Path(tempfile.mkdtemp(prefix="necst-eval-", dir=workdir))
     try:
@@ -30,6 +33,24 @@ def load_sample(path, workdir: Path | None = None, *, name: str = "input"):
         return _read_dataset(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def read_capture(path: Path):
+    """(packets, flows) of one capture, in memory: reader, decoder and flow meter."""
+    import pyarrow as pa
+
+    from necst.capture.reader import read_batches
+    from necst.process.decode import decode
+    from necst.process.flows import FlowMeter
+
+    packets = pa.Table.from_batches([decode(b) for b in read_batches(path)])
+    if packets.num_rows == 0:
+        raise NecstError("no packets in capture", path)
+    cols, flows = FlowMeter().process(packets)
+    for name in cols.column_names:
+        packets = packets.set_column(packets.schema.get_field_index(name), cols.field(name),
+                                     cols.column(name))
+    return packets, flows
 
 
 def _read_dataset(folder: Path):
@@ -138,11 +159,9 @@ def render_html(report: dict, pngs: dict[str, bytes]) -> str:
                      f"<td>{s['within_2x']}</td><td>{s['beyond_10x']}</td>"
                      f"<td>{s['metrics_with_ratio']}</td></tr>")
         h.append("</table>")
-    h.append("<h2>Metrics</h2><p class='note'>Every metric is a distance from the reference "
-             "(0 = identical). JSD is the squared Jensen-Shannon distance in nats (NetShare's "
-             "definition; at most ln 2 = 0.693). Ratio = synthetic / floor: near 1x is as close "
-             "as real traffic is to itself. Colours: &le;1.5x green, &le;3x yellow, &le;10x "
-             "orange, above red.</p>")
+    h.append("<h2>Metrics</h2><ul class='note'>" + "".join(
+        f"<li>{html.escape(n)}</li>" for n in report.get("notes", [])) +
+        "<li>Ratio colours: &le;1.5x green, &le;3x yellow, &le;10x orange, above red.</li></ul>")
     head = "<tr><th>metric</th><th>unit</th>" + "".join(f"<th>{c}</th>" for c in cols)
     if has_ratio:
         head += "<th>synthetic / floor</th>" + ("<th>baseline / floor</th>"

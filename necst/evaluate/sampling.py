@@ -100,4 +100,26 @@ def marginals_baseline(packets, flows=None, *, seed: int = 0):
     """Packets and flows of the independent-marginals generator, as many as the reference."""
     p = sample_marginals(packets, seed=seed, sort_by="ts_ns")
     f = None if flows is None else sample_marginals(flows, seed=seed + 1)
+    if f is not None:
+        f = _duration_as_a_field(flows, f, seed=seed + 2)
     return p, f
+
+
+def _duration_as_a_field(flows, sampled, *, seed: int):
+    """Duration is a flow field of its own (as NFStream's bidirectional_duration_ms): draw it
+    and set last_seen = first_seen + duration, rather than pair two unrelated timestamps."""
+    first, last = _column(flows, "first_seen_ns"), _column(flows, "last_seen_ns")
+    if first is None or last is None:
+        return sampled
+    rng = np.random.default_rng(seed)
+    duration = (last - first)[rng.integers(0, len(first), len(sampled))]
+    new_last = _column(sampled, "first_seen_ns") + duration
+    if isinstance(sampled, pd.DataFrame):
+        sampled = sampled.copy()
+        sampled["last_seen_ns"] = pd.array(new_last, dtype="Int64").astype(sampled["last_seen_ns"].dtype)
+        return sampled
+    import pyarrow as pa
+
+    i = sampled.schema.get_field_index("last_seen_ns")
+    arr = pa.array(new_last, from_pandas=True).cast(pa.int64()).cast(sampled.schema.field(i).type)
+    return sampled.set_column(i, sampled.schema.field(i), arr)
