@@ -159,3 +159,20 @@ def test_prepare_reads_pyarrow_and_pandas_alike():
     assert np.array_equal(a.values["flow_gap_s"], b.values["flow_gap_s"])
     # gaps of 1 ns sit at the 1-us floor of the log scale
     assert np.allclose(a.values["flow_gap_log10_s"], -6.0)
+
+
+def test_per_second_distribution_matches_the_dense_series():
+    from necst.evaluate.views import per_second_distribution
+
+    t = np.array([0.1, 0.2, 2.5, 2.6, 2.7, 7.0])
+    w = np.array([10, 20, 5, 1, 1, 3])
+    for weights in (None, w):
+        dense = per_second(t, weights, start=0.0, stop=9.5)
+        values, counts = per_second_distribution(t, weights, 9.5)
+        assert counts.sum() == len(dense) == 10
+        assert np.array_equal(np.repeat(values, counts.astype(int)), np.sort(dense))
+        other = np.array([1.0, 4.0, 4.5])
+        assert emd(values, per_second(other), counts) == pytest.approx(emd(dense, per_second(other)))
+    # a gap of a year costs nothing
+    values, counts = per_second_distribution(np.array([0.0, 3e7]), None, 3e7)
+    assert values.tolist() == [0, 1] and counts.tolist() == [3e7 - 1, 2]

@@ -98,6 +98,9 @@ def compare_samples(ref: Sample, other: Sample, *, seed: int = 0,
             key = mt.name[: -len("_emd")]
             if key in ref.values and key in other.values:
                 v[mt.name] = m.emd(ref.values[key], other.values[key])
+            elif key in ref.weighted and key in other.weighted:
+                v[mt.name] = m.emd(ref.weighted[key][0], other.weighted[key][0],
+                                   ref.weighted[key][1], other.weighted[key][1])
     for share in ("handshake", "fin", "rst", "fin_or_rst"):
         key = f"tcp_{share}_share"
         if ref.shares.get("tcp_flows") and other.shares.get("tcp_flows"):

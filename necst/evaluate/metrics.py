@@ -82,16 +82,18 @@ def rank_jsd(a_counts, b_counts) -> float:
     return jsd(a, b)
 
 
-def emd(a, b) -> float:
+def emd(a, b, a_weights=None, b_weights=None) -> float:
     """Wasserstein-1 distance between two empirical distributions (scipy), in the unit of the
-    values. NaN when either side is empty."""
+    values; optional weights count repeated values. NaN when either side is empty."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    b = b[np.isfinite(b)]
+    ka, kb = np.isfinite(a), np.isfinite(b)
+    aw = None if a_weights is None else np.asarray(a_weights, dtype=np.float64)[ka]
+    bw = None if b_weights is None else np.asarray(b_weights, dtype=np.float64)[kb]
+    a, b = a[ka], b[kb]
     if len(a) == 0 or len(b) == 0:
         return float("nan")
-    return float(wasserstein_distance(a, b))
+    return float(wasserstein_distance(a, b, aw, bw))
 
 
 def share_gap(a_share: float, b_share: float) -> float:

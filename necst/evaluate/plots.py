@@ -82,13 +82,13 @@ def throughput_plot(samples: dict, max_bins: int = 400) -> bytes:
     for ax, key, label in zip(axes, ("packets_per_s", "bytes_per_s", "flows_per_s"),
                               ("packets/s", "bytes/s", "new flows/s")):
         for name, s in samples.items():
-            series = s.series.get(key)
-            if series is None or len(series) == 0:
+            t, w = s.timeline.get(key, (None, None))
+            if t is None or not np.isfinite(t).any():
                 continue
-            n = int(np.ceil(len(series) / width))
-            padded = np.zeros(n * width)
-            padded[: len(series)] = series
-            rate = padded.reshape(n, width).mean(axis=1)
+            ok = np.isfinite(t)
+            n = int(np.floor(s.span_s / width)) + 1
+            idx = np.clip((t[ok] // width).astype(np.int64), 0, n - 1)
+            rate = np.bincount(idx, weights=None if w is None else w[ok], minlength=n) / width
             lab, colour, ls = STYLE[name]
             ax.plot(np.arange(n) * width, rate, color=colour, linestyle=ls, label=lab, lw=1)
         ax.set_ylabel(label)

@@ -70,7 +70,8 @@ class Sample:
     values: dict = field(default_factory=dict)  # name -> float64 array
     shares: dict = field(default_factory=dict)  # name -> float
     flow_features: pd.DataFrame | None = None  # for the discriminator
-    series: dict = field(default_factory=dict)  # name -> per-second array (plots)
+    weighted: dict = field(default_factory=dict)  # name -> (values, weights): per-second rates
+    timeline: dict = field(default_factory=dict)  # name -> (t_s, weights or None), for plots
     span_s: float = 0.0
 
 
@@ -137,6 +138,28 @@ def per_second(t_s: np.ndarray, weights: np.ndarray | None = None, start: float 
     idx = np.clip(np.floor(t_s - start).astype(np.int64), 0, nbins - 1)
     w = None if weights is None else np.asarray(weights, dtype=np.float64)[ok]
     return np.bincount(idx, weights=w, minlength=nbins).astype(np.float64)
+
+
+def per_second_distribution(t_s: np.ndarray, weights: np.ndarray | None,
+                            span_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The values of ``per_second(t_s, weights, 0, span_s)`` as (distinct values, how many
+    seconds have each), built from the busy seconds only: a week-long capture, or a synthetic
+    one with a gap of years, costs memory in its packets, not in its seconds."""
+    t_s = np.asarray(t_s, dtype=np.float64)
+    ok = np.isfinite(t_s)
+    n_bins = int(np.floor(max(span_s, 0.0))) + 1
+    idx = np.clip(np.floor(t_s[ok]).astype(np.int64), 0, n_bins - 1)
+    if len(idx) == 0:
+        return np.zeros(0), np.zeros(0)
+    _, inverse = np.unique(idx, return_inverse=True)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)[ok]
+    busy = np.bincount(inverse, weights=w).astype(np.float64)
+    values, counts = np.unique(busy, return_counts=True)
+    quiet = n_bins - len(busy)
+    if quiet > 0:
+        values = np.concatenate([[0.0], values])
+        counts = np.concatenate([[quiet], counts])
+    return values, counts.astype(np.float64)
 
 
 def _tcp_behaviour(p: pd.DataFrame) -> tuple[dict, np.ndarray]:
@@ -241,10 +264,11 @@ def prepare(packets, flows=None, name: str = "sample") -> Sample:
     # the span, which compares the shape of activity over samples of different lengths.
     s.values["arrival_s"] = t_s
     s.values["arrival_fraction"] = t_s / span if span > 0 else np.zeros_like(t_s)
-    s.series["packets_per_s"] = per_second(t_s)
-    s.series["bytes_per_s"] = per_second(t_s, s.values["packet_length"], start=0.0, stop=span)
-    s.series["flows_per_s"] = per_second(first_s - t0 / 1e9, start=0.0, stop=span)
-    s.values.update({k: v for k, v in s.series.items()})
+    s.timeline["packets_per_s"] = (t_s, None)
+    s.timeline["bytes_per_s"] = (t_s, s.values["packet_length"])
+    s.timeline["flows_per_s"] = (first_s - t0 / 1e9, None)
+    for key, (t, w) in s.timeline.items():
+        s.weighted[key] = per_second_distribution(t, w, span)
 
     shares, changes = _tcp_behaviour(p)
     s.shares.update(shares)
