@@ -100,6 +100,8 @@ def write_report(evaluation, out_dir, *, force: bool = False) -> Path:
 def ratio_class(r) -> str:
     if r is None:
         return "na"
+    if r < 0.67:
+        return "below"
     if r <= 1.5:
         return "good"
     if r <= 3:
@@ -129,7 +131,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0} td.l{text-align:left}
 .good{background:#c8efc8}.fair{background:#f5eaa6}.poor{background:#f7c98f}.bad{background:#f29c9c}
-.na{background:#eee}
+.na{background:#eee}.below{background:#bcd8f2}
 img{max-width:100%;margin:0.5em 0;border:1px solid #ddd}
 .note{color:#555;font-size:13px}
 """
@@ -161,17 +163,19 @@ def render_html(report: dict, pngs: dict[str, bytes]) -> str:
         h.append("</table>")
     h.append("<h2>Metrics</h2><ul class='note'>" + "".join(
         f"<li>{html.escape(n)}</li>" for n in report.get("notes", [])) +
-        "<li>Ratio colours: &le;1.5x green, &le;3x yellow, &le;10x orange, above red.</li></ul>")
+        "<li>Ratio colours: below 0.67x blue (closer than real is to itself), &le;1.5x green, "
+        "&le;3x yellow, &le;10x orange, above red.</li></ul>")
     head = "<tr><th>metric</th><th>unit</th>" + "".join(f"<th>{c}</th>" for c in cols)
     if has_ratio:
-        head += "<th>synthetic / floor</th>" + ("<th>baseline / floor</th>"
-                                               if "baseline" in cols else "")
+        head += ("<th>synthetic / floor</th>" if "synthetic" in cols else "") + (
+            "<th>baseline / floor</th>" if "baseline" in cols else "")
     h.append("<table>" + head + "<th>what</th></tr>")
     for r in report["metrics"]:
         row = f"<tr><td class='l'>{r['name']}</td><td class='l'>{html.escape(r['unit'])}</td>"
         row += "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols)
         if has_ratio:
-            row += _ratio_cell(r.get("ratio"))
+            if "synthetic" in cols:
+                row += _ratio_cell(r.get("ratio"))
             if "baseline" in cols:
                 row += _ratio_cell(r.get("baseline_ratio"))
         row += f"<td class='l'>{html.escape(r['description'])}</td></tr>"
