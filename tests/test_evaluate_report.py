@@ -289,7 +289,7 @@ def test_real_capture_floor_and_baseline(shared_data, tmp_path):
     from necst.evaluate.report import load_sample
 
     capture = shared_data / "benign" / "tj_iot" / "lockly-hub-01.pcap"
-    real = load_sample(capture, tmp_path)
+    real = load_sample(capture)
     e = ev.evaluate(real, None, split=0.7, baseline="marginals", seed=0)
     rows = {r["name"]: r for r in e.report["metrics"]}
     json.dumps(e.report, allow_nan=False)

@@ -9,62 +9,23 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from necst.errors import DatasetError, NecstError, OutputExistsError
+from necst.errors import NecstError, OutputExistsError
 
 
 # ---------------------------------------------------------------- inputs
 
-def load_sample(path, workdir: Path | None = None, *, name: str = "input"):
-    """(packets, flows) of a dataset folder, or of a capture read into a temporary dataset."""
+def load_sample(path, *, name: str = "input"):
+    """(packets, flows) of a dataset folder or a capture (read in memory), via the process
+    stage's ``load_dataset``, which checks the schema version."""
+    from necst.process.dataset import load_dataset
+
     path = Path(path)
-    if path.is_dir():
-        return _read_dataset(path)
     if not path.exists():
         raise NecstError(f"{name} not found", path)
-    try:
-        from necst.process.dataset import process_captures
-    except ImportError:  # the dataset writer has not landed: read the capture in memory
-        return read_capture(path)
-
-    work = Path(tempfile.mkdtemp(prefix="necst-eval-", dir=workdir))
-    try:
-        out = work / "dataset"
-        process_captures([path], out, progress=False)
-        return _read_dataset(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def read_capture(path: Path):
-    """(packets, flows) of one capture, in memory: reader, decoder and flow meter."""
-    import pyarrow as pa
-
-    from necst.capture.reader import read_batches
-    from necst.process.decode import decode
-    from necst.process.flows import FlowMeter
-
-    packets = pa.Table.from_batches([decode(b) for b in read_batches(path)])
-    if packets.num_rows == 0:
-        raise NecstError("no packets in capture", path)
-    cols, flows = FlowMeter().process(packets)
-    for name in cols.column_names:
-        packets = packets.set_column(packets.schema.get_field_index(name), cols.field(name),
-                                     cols.column(name))
-    return packets, flows
-
-
-def _read_dataset(folder: Path):
-    import pyarrow.parquet as pq
-
-    packets_file, flows_file = folder / "packets.parquet", folder / "flows.parquet"
-    if not packets_file.is_file():
-        raise DatasetError("not a dataset folder (no packets.parquet)", folder)
-    try:
-        packets = pq.read_table(packets_file)
-        flows = pq.read_table(flows_file) if flows_file.is_file() else None
-    except Exception as e:  # a damaged parquet file is bad input, not a bug
-        raise DatasetError(f"cannot read parquet: {e}", folder) from None
-    return packets, flows
+    ds = load_dataset(path)
+    if ds.packets.num_rows == 0:
+        raise NecstError(f"{name} has no packets", path)
+    return ds.packets, ds.flows
 
 
 # ---------------------------------------------------------------- output
