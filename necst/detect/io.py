@@ -1,0 +1,29 @@
+"""Packets for the detector: from a capture (via the process stage's reader), a dataset or a Parquet file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from necst.errors import DatasetError, NecstError
+
+
+def read_packets(path: str | Path) -> pa.Table:
+    """A PacketTable from a capture file, a dataset folder, or a packets Parquet file."""
+    path = Path(path)
+    if not path.exists():
+        raise NecstError("no such file or folder", path)
+    if path.is_dir() or path.suffix == ".parquet":
+        target = path / "packets.parquet" if path.is_dir() else path
+        if not target.is_file():
+            raise DatasetError("not a dataset folder (no packets.parquet)", path)
+        try:
+            return pq.read_table(target)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DatasetError(f"unreadable Parquet ({e})", target) from None
+    try:
+        from necst.process.dataset import read_packets as _read
+    except ImportError:  # pragma: no cover - only before the reader is part of the build
+        raise NecstError("reading capture files needs necst.process.dataset, missing from this build", path)
+    return _read(path)
