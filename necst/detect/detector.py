@@ -140,7 +140,9 @@ class BaseDetector:
         out["error"] = score
         out["flag"] = self.postprocess.flags(score, self.threshold_["threshold"])
         k = min(3, contrib.shape[1])
-        top = np.argsort(-contrib, axis=1)[:, :k]
+        top = np.argpartition(-contrib, k - 1, axis=1)[:, :k] if k < contrib.shape[1] else \
+            np.tile(np.arange(k), (len(contrib), 1))
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(contrib, top, axis=1), axis=1), axis=1)
         total = np.maximum(contrib.sum(axis=1, keepdims=True), 1e-12)
         share = np.take_along_axis(contrib, top, axis=1) / total
         names = np.asarray(self.feature_names_, dtype=object)

@@ -130,8 +130,10 @@ def packet_arrays(packets) -> PacketArrays:
         raise NecstError("packet table has no ts_ns column")
     ts = column(t, "ts_ns", 0, np.int64)
     file = column(t, "file_index", 0, np.int64)
-    order = np.lexsort((ts, file)) if t.num_rows else np.empty(0, np.int64)
-    if order.size and np.all(order[1:] > order[:-1]):
+    in_order = bool(np.all(file[1:] >= file[:-1])) and bool(
+        np.all((ts[1:] >= ts[:-1]) | (file[1:] != file[:-1])))
+    order = np.arange(t.num_rows) if in_order else np.lexsort((ts, file))
+    if in_order:
         order = np.arange(t.num_rows)  # already in order: skip the gathers below
         take = lambda a: a  # noqa: E731
     else:
@@ -159,10 +161,16 @@ def flow_keys(p: PacketArrays) -> np.ndarray:
     return k.view(np.int64)
 
 
+def _factorize(keys: np.ndarray):
+    """(codes, uniques) by hashing: O(n), where np.unique would sort."""
+    c, u = pd.factorize(keys, sort=False)
+    return c.astype(np.int64, copy=False), np.asarray(u)
+
+
 def _entropy_distinct(unit: np.ndarray, value: np.ndarray, weight: np.ndarray, n_units: int):
     """Per unit: distinct values and Shannon entropy (bits) of (unit, value, weight) triples."""
     key = unit.astype(np.int64) * np.int64(1 << 32) + value.astype(np.int64)
-    uk, inv = np.unique(key, return_inverse=True)
+    inv, uk = _factorize(key)
     cnt = np.bincount(inv, weights=weight)
     u = (uk >> 32).astype(np.int64)
     distinct = np.bincount(u, minlength=n_units).astype(np.float64)
@@ -202,7 +210,9 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
     t_origin = t0 - offset * stride_ns  # bin b starts at t_origin + b*stride for this packet's file
 
     # Occupied bins, and the windows (indexed by their first bin) that cover them.
-    ub, bin_of = np.unique(bins, return_inverse=True)
+    change = np.r_[True, bins[1:] != bins[:-1]]  # bins are sorted: unique by run starts
+    ub = bins[change]
+    bin_of = np.cumsum(change) - 1
     # A window starts at one of its file's bins (none begins before the file does).
     ub_first = offset[np.searchsorted(bins, ub)]
     cand = ub[:, None] - np.arange(m)[None, :]
@@ -229,9 +239,7 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
     fkey = flow_keys(p)
     # A new flow: a bare SYN for TCP (so connections open before the capture began do not
     # count), the first packet of its 5-tuple otherwise.
-    _, first = np.unique(fkey, return_index=True)
-    new = syn.copy()
-    new[first[~tcp[first]]] = True
+    new = syn | (~tcp & ~pd.Series(fkey).duplicated().to_numpy())
     size = p.size.astype(np.float64)
 
     per_bin = [np.bincount(bin_of, weights=x.astype(np.float64), minlength=len(ub)) for x in (
@@ -248,7 +256,8 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
                       ("src_port", p.src_port), ("dst_port", p.dst_port)):
         # per (bin, value) counts first (N rows), then shifted into windows (few rows)
         key = bin_of.astype(np.int64) * np.int64(1 << 32) + (val + 1)
-        uk, cnt = np.unique(key, return_counts=True)
+        inv, uk = _factorize(key)
+        cnt = np.bincount(inv)
         b = ub[uk >> 32]
         v = uk & np.int64((1 << 32) - 1)
         idx = (b[:, None] - np.arange(m)[None, :]).ravel()
@@ -296,10 +305,10 @@ def _half_open(bin_of, ub, fkey, syn, est, wins, m) -> np.ndarray:
     sel = syn | est
     if not sel.any():
         return np.zeros(nw)
-    fk, fcode = np.unique(fkey[sel], return_inverse=True)
+    fcode, fk = _factorize(fkey[sel])
     key = bin_of[sel].astype(np.int64) * np.int64(len(fk)) + fcode
     kind = syn[sel].astype(np.int64) + 2 * est[sel].astype(np.int64)  # bit 1 SYN, bit 2 established
-    uk, inv = np.unique(key, return_inverse=True)
+    inv, uk = _factorize(key)
     bits = np.zeros(len(uk), dtype=np.int64)
     np.bitwise_or.at(bits, inv, kind)
     b = ub[uk // len(fk)]
@@ -308,7 +317,7 @@ def _half_open(bin_of, ub, fkey, syn, est, wins, m) -> np.ndarray:
     w = np.searchsorted(wins, idx)
     ok = (w < nw) & (wins[np.minimum(w, nw - 1)] == idx)
     wk = w[ok].astype(np.int64) * np.int64(len(fk)) + np.repeat(flow, m)[ok]
-    uk2, inv2 = np.unique(wk, return_inverse=True)
+    inv2, uk2 = _factorize(wk)
     bits2 = np.zeros(len(uk2), dtype=np.int64)
     np.bitwise_or.at(bits2, inv2, np.repeat(bits, m)[ok])
     wi = uk2 // len(fk)
@@ -321,10 +330,6 @@ def extract(packets, mode: str = "window", **params) -> Units:
     """Features for one mode; ``params`` are that mode's own (width_s, stride_s, ...)."""
     if mode == "window":
         return window_features(packets, **params)
-    if mode == "packet":
-        from necst.detect.packet_features import packet_features
-        return packet_features(packets, **params)
-    if mode == "flow":
-        from necst.detect.flow_features import flow_features
-        return flow_features(packets, **params)
+    if mode in ("packet", "flow"):
+        raise NecstError(f"{mode} mode is not implemented in this build yet; use --mode window")
     raise NecstError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")

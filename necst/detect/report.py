@@ -90,7 +90,10 @@ def write_report(report: dict, scored: pd.DataFrame, out: str | os.PathLike, for
     table = scored[cols].copy()
     table.insert(0, "unit", np.arange(len(scored)))
     tmp_csv = csv.with_name(f".{csv.name}.tmp")
-    table.to_csv(tmp_csv, index=False, float_format="%.6g")
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(pa.Table.from_pandas(table, preserve_index=False), tmp_csv)
     tmp_json = out.with_name(f".{out.name}.tmp")
     tmp_json.write_text(json.dumps(report, indent=1, default=_plain))
     os.replace(tmp_csv, csv)
