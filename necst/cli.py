@@ -84,7 +84,7 @@ def detect_train(
     detector: str = typer.Option("autoencoder", help="autoencoder, isolation_forest or lof."),
     threshold: str = typer.Option("quantile", help="quantile, gaussian_fit or evt."),
     q: float = typer.Option(0.999, help="Quantile of normal scores (threshold quantile)."),
-    min_consecutive: int = typer.Option(1, help="Flag only runs of this many units."),
+    min_consecutive: int = typer.Option(2, help="Flag only runs of this many units (overlapping windows: an event spans 2)."),
     cooldown: int = typer.Option(0, help="Alerts fewer units apart merge into one."),
     min_attack_windows: int = typer.Option(3, help="Flagged units that make a capture an attack."),
     seed: int = typer.Option(0, help="Seed for every random step."),

@@ -185,3 +185,37 @@ def test_cli_train_and_score(tmp_path, attacked):
     assert r.exit_code == 2 and "error:" in r.output
     r = run(app, ["detect", "train", str(tmp_path / "normal"), "--out", str(tmp_path / "det2")])
     assert r.exit_code == 2 and "needs at least" in r.output
+
+
+def test_packet_mode_damped_statistics_match_a_packet_by_packet_loop():
+    from necst.detect.packet_features import damped_stats
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    t = np.sort(rng.uniform(0, 300, n))
+    k = rng.integers(0, 5, n)
+    x = rng.integers(60, 1500, n).astype(float)
+    got = damped_stats(t, k, 5, x, lambdas=(5.0, 0.1))
+    lam = np.array([5.0, 0.1])
+    state = np.zeros((5, 3, 2))
+    last = np.full(5, np.nan)
+    for i in range(n):  # AfterImage's own update, one packet at a time
+        if not np.isnan(last[k[i]]):
+            state[k[i]] *= 2.0 ** (-lam * (t[i] - last[k[i]]))
+        state[k[i]] += np.array([1.0, x[i], x[i] ** 2])[:, None]
+        last[k[i]] = t[i]
+        w, ls, ss = state[k[i]]
+        mean = ls / w
+        assert got["w_l5"][i] == pytest.approx(w[0], rel=1e-9)
+        assert got["mean_l0.1"][i] == pytest.approx(mean[1], rel=1e-9)
+        assert got["std_l5"][i] == pytest.approx(np.sqrt(abs(ss[0] / w[0] - mean[0] ** 2)), rel=1e-6, abs=1e-6)
+
+
+def test_packet_mode_detects_a_scan(attacked):
+    from sklearn.metrics import roc_auc_score
+
+    packets, label = attacked
+    det = IsolationForestDetector(mode="packet", q=0.99).fit(normal_traffic(300, rate=50, seed=0))
+    scored = det.score(packets)
+    assert len(scored) == packets.num_rows
+    assert roc_auc_score(label[scored.row.to_numpy()], scored.error) > 0.9

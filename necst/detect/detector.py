@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from necst.bundle import BundleWriter, load as load_bundle
-from necst.detect.features import LOG_FEATURES, MODES, Units, extract
+from necst.detect.features import MODES, Units, extract
 from necst.detect.threshold import METHODS, PostProcess, fit_threshold, required_units
 from necst.errors import BundleError, NecstError
 
@@ -31,7 +31,7 @@ def _concat_units(parts: List[Units]) -> Units:
     if len(parts) == 1:
         return parts[0]
     return Units(parts[0].mode, pd.concat([u.meta for u in parts], ignore_index=True),
-                 np.vstack([u.X for u in parts]), parts[0].names)
+                 np.vstack([u.X for u in parts]), parts[0].names, None, parts[0].log_features)
 
 
 class BaseDetector:
@@ -40,7 +40,7 @@ class BaseDetector:
     kind = "base"
 
     def __init__(self, mode: str = "window", threshold: str = "quantile", q: float = 0.999, z: float = 4.0,
-                 evt_risk: float = 1e-4, evt_init_q: float = 0.98, min_consecutive: int = 1,
+                 evt_risk: float = 1e-4, evt_init_q: float = 0.98, min_consecutive: int = 2,
                  cooldown: int = 0, min_attack_windows: int = 3, validation_fraction: float = 0.25,
                  feature_params: dict | None = None, top_k: int = 10, seed: int = 0):
         self.mode = mode
@@ -103,7 +103,7 @@ class BaseDetector:
         perm = rng.permutation(n)
         val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         self.feature_names_ = list(u.names)
-        self.scaler_ = RobustScaler([nm in LOG_FEATURES for nm in u.names]).fit(u.X[tr_idx])
+        self.scaler_ = RobustScaler([nm in u.log_features for nm in u.names]).fit(u.X[tr_idx])
         Xtr = self.scaler_.transform(u.X[tr_idx], clip_to_training=True)
         Xval = self.scaler_.transform(u.X[val_idx])
         self._fit_model(Xtr, Xval)

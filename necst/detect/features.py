@@ -28,6 +28,7 @@ WINDOW_FEATURES = [
     "syn_ratio", "synack_ratio", "rst_ratio", "fin_ratio",
     "tcp_share", "udp_share", "icmp_share", "other_ip_share", "non_ip_share",
     "size_mean", "size_std", "new_flows_per_s", "half_open_share",
+    "web_share", "dns_share", "remote_admin_share", "other_service_share",
 ]
 LOG_FEATURES = {
     "packets", "bytes", "packets_per_s", "bytes_per_s", "src_ip_distinct", "dst_ip_distinct",
@@ -35,6 +36,10 @@ LOG_FEATURES = {
 }
 
 _NO_PORT = 65536
+# Service classes by the lower port of a packet: what a network uses is part of its normal.
+_WEB_PORTS = (80, 443, 8080, 8443)
+_DNS_PORTS = (53, 5353, 67, 68, 123)
+_REMOTE_ADMIN_PORTS = (21, 22, 23, 2323, 3389, 5900, 5938)
 _SYN, _ACK, _RST, _FIN = 0x002, 0x010, 0x004, 0x001
 
 
@@ -48,6 +53,8 @@ class Units:
     names: List[str]
     # For evaluation: which unit each packet row falls in (windows: first window holding it).
     packet_unit: np.ndarray | None = field(default=None, repr=False)
+    # Heavy-tailed features that enter the model as log1p.
+    log_features: frozenset = frozenset()
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -198,7 +205,8 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
     p = packet_arrays(packets)
     if p.n == 0:
         return Units("window", pd.DataFrame(columns=["start_ns", "end_ns"] + WINDOW_FEATURES),
-                     np.empty((0, len(WINDOW_FEATURES))), list(WINDOW_FEATURES), np.empty(0, np.int64))
+                     np.empty((0, len(WINDOW_FEATURES))), list(WINDOW_FEATURES), np.empty(0, np.int64),
+                     frozenset(LOG_FEATURES))
     stride_ns = int(round(stride_s * 1e9))
     # Bins per file, each file's bins offset past the previous file's by m so windows stay inside a file.
     fstart = np.flatnonzero(np.r_[True, p.file[1:] != p.file[:-1]])
@@ -236,6 +244,11 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
     udp = p.proto == 17
     non_ip = p.proto < 0
     other = ~(tcp | udp | icmp | non_ip)
+    service = np.minimum(p.src_port, p.dst_port)
+    web = np.isin(service, _WEB_PORTS)
+    dns = np.isin(service, _DNS_PORTS)
+    admin = np.isin(service, _REMOTE_ADMIN_PORTS)
+    other_svc = (service < 1024) & ~(web | dns | admin)
     fkey = flow_keys(p)
     # A new flow: a bare SYN for TCP (so connections open before the capture began do not
     # count), the first packet of its 5-tuple otherwise.
@@ -243,8 +256,10 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
     size = p.size.astype(np.float64)
 
     per_bin = [np.bincount(bin_of, weights=x.astype(np.float64), minlength=len(ub)) for x in (
-        np.ones(p.n), size, size * size, tcp, syn, synack, rst, fin, udp, icmp, other, non_ip, new)]
-    (n, nbytes, sq, ntcp, nsyn, nsynack, nrst, nfin, nudp, nicmp, nother, nnonip, nnew) = to_windows(ub, per_bin)
+        np.ones(p.n), size, size * size, tcp, syn, synack, rst, fin, udp, icmp, other, non_ip, new,
+        web, dns, admin, other_svc)]
+    (n, nbytes, sq, ntcp, nsyn, nsynack, nrst, nfin, nudp, nicmp, nother, nnonip, nnew,
+     nweb, ndns, nadmin, nsvc) = to_windows(ub, per_bin)
 
     f: Dict[str, np.ndarray] = {}
     f["packets"] = n
@@ -276,6 +291,10 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
     f["icmp_share"] = nicmp / nz
     f["other_ip_share"] = nother / nz
     f["non_ip_share"] = nnonip / nz
+    f["web_share"] = nweb / nz
+    f["dns_share"] = ndns / nz
+    f["remote_admin_share"] = nadmin / nz
+    f["other_service_share"] = nsvc / nz
     mean = nbytes / nz
     f["size_mean"] = mean
     f["size_std"] = np.sqrt(np.maximum(sq / nz - mean * mean, 0.0))
@@ -296,7 +315,7 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
     pw = np.searchsorted(wins, bins - m + 1)
     packet_unit = np.empty(p.n, dtype=np.int64)
     packet_unit[p.order] = np.minimum(pw, nw - 1)
-    return Units("window", meta, X, list(WINDOW_FEATURES), packet_unit)
+    return Units("window", meta, X, list(WINDOW_FEATURES), packet_unit, frozenset(LOG_FEATURES))
 
 
 def _half_open(bin_of, ub, fkey, syn, est, wins, m) -> np.ndarray:
@@ -330,6 +349,9 @@ def extract(packets, mode: str = "window", **params) -> Units:
     """Features for one mode; ``params`` are that mode's own (width_s, stride_s, ...)."""
     if mode == "window":
         return window_features(packets, **params)
-    if mode in ("packet", "flow"):
-        raise NecstError(f"{mode} mode is not implemented in this build yet; use --mode window")
+    if mode == "packet":
+        from necst.detect.packet_features import packet_features
+        return packet_features(packets, **params)
+    if mode == "flow":
+        raise NecstError("flow mode is not implemented in this build yet; use --mode window or packet")
     raise NecstError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
