@@ -101,8 +101,11 @@ def splice(normal: pa.Table, attack: pa.Table, at_fraction: float = 0.5):
     return t.take(pa.array(order)), label[order]
 
 
-def unit_labels(scored, packets: pa.Table, label: np.ndarray, mode: str) -> np.ndarray:
+def unit_labels(scored, packets: pa.Table, label: np.ndarray, mode: str, det=None) -> np.ndarray:
     ts = packets.column("ts_ns").to_numpy()
+    if mode == "flow":  # a flow is an attack flow when any of its packets came from the attack capture
+        pu = det.features(packets).packet_unit
+        return np.bincount(pu, weights=label.astype(float), minlength=len(scored)) > 0
     ats = np.sort(ts[label])
     if mode == "packet":
         return label[scored["row"].to_numpy()]
@@ -155,7 +158,7 @@ def main() -> None:
             for p in attacks:
                 packets, label = splice(held, att_tables[p])
                 scored = det.score(packets)
-                y = unit_labels(scored, packets, label, mode)
+                y = unit_labels(scored, packets, label, mode, det)
                 start = int(packets.column("ts_ns").to_numpy()[label][0])
                 m = metrics(y, scored["error"].to_numpy(), scored["flag"].to_numpy(), scored, start)
                 print(f"| {p.parent.name}/{p.stem} | {att_tables[p].num_rows} | {len(scored)} ({m['pos']}) | "

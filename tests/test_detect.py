@@ -219,3 +219,20 @@ def test_packet_mode_detects_a_scan(attacked):
     scored = det.score(packets)
     assert len(scored) == packets.num_rows
     assert roc_auc_score(label[scored.row.to_numpy()], scored.error) > 0.9
+
+
+def test_flow_mode_counts_match_pandas(attacked):
+    from necst.detect.flow_features import flow_features
+
+    packets, _ = attacked
+    u = flow_features(packets)
+    df = packets.to_pandas()
+    df["flow"] = u.packet_unit
+    g = df.groupby("flow")
+    np.testing.assert_array_equal(g.size().to_numpy(), u.meta.bidirectional_packets.to_numpy())
+    np.testing.assert_array_equal(g.wire_len.sum().to_numpy(), u.meta.bidirectional_bytes.to_numpy())
+    assert (np.diff(u.meta.end_ns.to_numpy()) >= 0).all()  # scored in the order flows end
+    assert (u.meta.src2dst_packets >= 1).all()
+    det = IsolationForestDetector(mode="flow", q=0.9, validation_fraction=0.5).fit(
+        normal_traffic(600, rate=50, seed=0))
+    assert det.decision(det.score(packets)) == "attack detected"

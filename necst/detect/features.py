@@ -353,5 +353,6 @@ def extract(packets, mode: str = "window", **params) -> Units:
         from necst.detect.packet_features import packet_features
         return packet_features(packets, **params)
     if mode == "flow":
-        raise NecstError("flow mode is not implemented in this build yet; use --mode window or packet")
+        from necst.detect.flow_features import flow_features
+        return flow_features(packets, **params)
     raise NecstError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
