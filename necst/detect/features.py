@@ -83,10 +83,16 @@ def column(table: pa.Table, name: str, fill, dtype) -> np.ndarray:
     return np.asarray(col.to_numpy(), dtype=dtype)
 
 
-def codes(table: pa.Table, name: str) -> np.ndarray:
-    """Integer codes of a (dictionary) string column, -1 for null; equal strings, equal codes."""
-    if name not in table.column_names or table.num_rows == 0:
-        return np.full(table.num_rows, -1, dtype=np.int64)
+def codes(table: pa.Table, name: str, with_hash: bool = False):
+    """Integer codes of a (dictionary) string column, -1 for null; equal strings, equal codes.
+
+    With ``with_hash``, also a per-row uint64 hash of the string (0 for null) that, unlike the
+    codes, is the same in every table: flow keys built on it stay valid across live batches.
+    """
+    n = table.num_rows
+    if name not in table.column_names or n == 0:
+        c = np.full(n, -1, dtype=np.int64)
+        return (c, np.zeros(n, np.uint64)) if with_hash else c
     col = table.column(name)
     if not pa.types.is_dictionary(col.type):
         col = pc.dictionary_encode(col)
@@ -95,7 +101,12 @@ def codes(table: pa.Table, name: str) -> np.ndarray:
     col = col.unify_dictionaries()
     parts = [np.asarray(pc.fill_null(c.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
              for c in col.chunks]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    c = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    if not with_hash:
+        return c
+    values = np.asarray(col.chunk(0).dictionary.to_pylist(), dtype=object)
+    h = np.r_[pd.util.hash_array(values) if len(values) else np.empty(0, np.uint64), np.uint64(0)]
+    return c, h[c]  # code -1 picks the trailing 0
 
 
 def dictionary_values(table: pa.Table, name: str) -> np.ndarray:
@@ -125,6 +136,8 @@ class PacketArrays:
     proto: np.ndarray  # -1 without IP
     flags: np.ndarray  # 0 without TCP
     order: np.ndarray  # row of the input table for each sorted position
+    src_hash: np.ndarray = None  # stable across tables (see codes())
+    dst_hash: np.ndarray = None
 
     @property
     def n(self) -> int:
@@ -146,9 +159,11 @@ def packet_arrays(packets) -> PacketArrays:
     else:
         take = lambda a: a[order]  # noqa: E731
     size = column(t, "wire_len", 0, np.int64)
+    src, src_h = codes(t, "src_ip", with_hash=True)
+    dst, dst_h = codes(t, "dst_ip", with_hash=True)
     return PacketArrays(
         ts=take(ts), size=take(size), file=take(file),
-        src_ip=take(codes(t, "src_ip")), dst_ip=take(codes(t, "dst_ip")),
+        src_ip=take(src), dst_ip=take(dst), src_hash=take(src_h), dst_hash=take(dst_h),
         src_port=take(column(t, "src_port", _NO_PORT, np.int64)),
         dst_port=take(column(t, "dst_port", _NO_PORT, np.int64)),
         proto=take(column(t, "ip_proto", -1, np.int64)),
@@ -159,10 +174,10 @@ def packet_arrays(packets) -> PacketArrays:
 
 def flow_keys(p: PacketArrays) -> np.ndarray:
     """One int64 per packet naming its bidirectional 5-tuple (endpoints put in a fixed order)."""
-    a = p.src_ip.astype(np.uint64) * np.uint64(65537) + p.src_port.astype(np.uint64)
-    b = p.dst_ip.astype(np.uint64) * np.uint64(65537) + p.dst_port.astype(np.uint64)
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
     with np.errstate(over="ignore"):
+        a = p.src_hash * np.uint64(65537) + p.src_port.astype(np.uint64)
+        b = p.dst_hash * np.uint64(65537) + p.dst_port.astype(np.uint64)
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
         k = (lo * np.uint64(0x9E3779B97F4A7C15)) ^ (hi + np.uint64(0x632BE59BD9B4E019) + (lo << np.uint64(6)))
         k = k * np.uint64(0xBF58476D1CE4E5B9) ^ (p.proto.astype(np.uint64) + np.uint64(1))
     return k.view(np.int64)
@@ -190,13 +205,16 @@ def _entropy_distinct(unit: np.ndarray, value: np.ndarray, weight: np.ndarray, n
 
 # ---------------------------------------------------------------- window mode
 
-def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Units:
+def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5, origin_ns: int | None = None,
+                    known_flows: np.ndarray | None = None) -> Units:
     """Sliding windows of ``width_s`` every ``stride_s`` (width a whole multiple of stride).
 
     Packets are binned by stride; a window is ``m = width/stride`` consecutive bins, so every
     additive count is a sum of m bin counts, and distinct/entropy figures come from the
     (bin, value) counts shifted into the m windows each bin belongs to. Windows never span two
-    input files (file_index); empty windows are not units.
+    input files (file_index); empty windows are not units. The window grid starts at each
+    file's first packet, or at ``origin_ns`` (live capture, where batches share one grid);
+    ``known_flows`` are flow keys seen before this table (not new again).
     """
     ratio = width_s / stride_s
     m = int(round(ratio))
@@ -211,6 +229,10 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
     # Bins per file, each file's bins offset past the previous file's by m so windows stay inside a file.
     fstart = np.flatnonzero(np.r_[True, p.file[1:] != p.file[:-1]])
     t0 = np.repeat(p.ts[fstart], np.diff(np.r_[fstart, p.n]))
+    if origin_ns is not None:
+        if int(p.ts.min()) < origin_ns:
+            raise NecstError("packets before the window origin")
+        t0 = np.full(p.n, int(origin_ns), dtype=np.int64)
     local = (p.ts - t0) // stride_ns
     nb_file = np.maximum.reduceat(local, fstart) + 1 + m
     offset = np.repeat(np.r_[0, np.cumsum(nb_file)[:-1]], np.diff(np.r_[fstart, p.n]))
@@ -252,7 +274,10 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5) -> Uni
     fkey = flow_keys(p)
     # A new flow: a bare SYN for TCP (so connections open before the capture began do not
     # count), the first packet of its 5-tuple otherwise.
-    new = syn | (~tcp & ~pd.Series(fkey).duplicated().to_numpy())
+    first_seen = ~pd.Series(fkey).duplicated().to_numpy()
+    if known_flows is not None and len(known_flows):
+        first_seen &= ~np.isin(fkey, known_flows)
+    new = syn | (~tcp & first_seen)
     size = p.size.astype(np.float64)
 
     per_bin = [np.bincount(bin_of, weights=x.astype(np.float64), minlength=len(ub)) for x in (
