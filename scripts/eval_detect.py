@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from necst.detect.detector import DETECTORS  # noqa: E402
 from necst.detect.features import as_table  # noqa: E402
 
-COLS = ["ts_ns", "wire_len", "src_ip", "dst_ip", "ip_proto", "src_port", "dst_port", "tcp_flags", "file_index"]
+COLS = ["ts_ns", "wire_len", "src_ip", "dst_ip", "ip_proto", "src_port", "dst_port", "tcp_flags", "icmp_type",
+        "file_index"]
 
 
 def _stopgap_read(path: Path) -> pa.Table:
@@ -37,7 +38,7 @@ def _stopgap_read(path: Path) -> pa.Table:
         for ts, buf in dpkt.pcap.Reader(f):
             eth = dpkt.ethernet.Ethernet(buf)
             ip = eth.data
-            src = dst = proto = sp = dp = fl = None
+            src = dst = proto = sp = dp = fl = it = None
             if isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
                 fam = socket.AF_INET if isinstance(ip, dpkt.ip.IP) else socket.AF_INET6
                 src, dst = socket.inet_ntop(fam, ip.src), socket.inet_ntop(fam, ip.dst)
@@ -47,7 +48,9 @@ def _stopgap_read(path: Path) -> pa.Table:
                     sp, dp = l4.sport, l4.dport
                     if isinstance(l4, dpkt.tcp.TCP):
                         fl = l4.flags
-            for c, v in zip(COLS, (int(round(ts * 1e9)), len(buf), src, dst, proto, sp, dp, fl, 0)):
+                elif isinstance(l4, (dpkt.icmp.ICMP, dpkt.icmp6.ICMP6)):
+                    it = l4.type
+            for c, v in zip(COLS, (int(round(ts * 1e9)), len(buf), src, dst, proto, sp, dp, fl, it, 0)):
                 rows[c].append(v)
     from necst.schema import PACKET_SCHEMA
 
@@ -133,6 +136,7 @@ def main() -> None:
     ap.add_argument("--detectors", nargs="+", default=["autoencoder", "isolation_forest"])
     ap.add_argument("--threshold", default="quantile")
     ap.add_argument("--q", type=float, default=0.999)
+    ap.add_argument("--clip", type=float, default=20.0, help="robust-scaled features are clipped to ±clip")
     a = ap.parse_args()
     t0 = time.time()
     train_paths, held_paths = split()
@@ -146,7 +150,7 @@ def main() -> None:
     for mode in a.modes:
         for name in a.detectors:
             t1 = time.time()
-            det = DETECTORS[name](mode=mode, threshold=a.threshold, q=a.q)
+            det = DETECTORS[name](mode=mode, threshold=a.threshold, q=a.q, clip=a.clip)
             det.fit(train)
             print(f"\n## {name}, {mode} mode: {det.n_train_units_} training units, threshold "
                   f"{det.threshold_['threshold']:.4g}, fitted in {time.time() - t1:.0f} s")

@@ -42,13 +42,14 @@ class BaseDetector:
     def __init__(self, mode: str = "window", threshold: str = "quantile", q: float = 0.999, z: float = 4.0,
                  evt_risk: float = 1e-4, evt_init_q: float = 0.98, min_consecutive: int = 2,
                  cooldown: int = 0, min_attack_windows: int = 3, validation_fraction: float = 0.25,
-                 feature_params: dict | None = None, top_k: int = 10, seed: int = 0):
+                 feature_params: dict | None = None, clip: float = 20.0, top_k: int = 10, seed: int = 0):
         self.mode = mode
         self.threshold = threshold
         self.q, self.z, self.evt_risk, self.evt_init_q = q, z, evt_risk, evt_init_q
         self.min_consecutive, self.cooldown, self.min_attack_windows = min_consecutive, cooldown, min_attack_windows
         self.validation_fraction = validation_fraction
         self.feature_params = feature_params
+        self.clip = clip
         self.top_k = top_k
         self.seed = seed
 
@@ -66,7 +67,7 @@ class BaseDetector:
 
     def get_params(self) -> dict:
         keys = ["mode", "threshold", "q", "z", "evt_risk", "evt_init_q", "min_consecutive", "cooldown",
-                "min_attack_windows", "validation_fraction", "feature_params", "top_k", "seed"]
+                "min_attack_windows", "validation_fraction", "feature_params", "clip", "top_k", "seed"]
         return {k: getattr(self, k) for k in keys + list(self._model_param_names())}
 
     def _model_param_names(self) -> Sequence[str]:
@@ -103,7 +104,7 @@ class BaseDetector:
         perm = rng.permutation(n)
         val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         self.feature_names_ = list(u.names)
-        self.scaler_ = RobustScaler([nm in u.log_features for nm in u.names]).fit(u.X[tr_idx])
+        self.scaler_ = RobustScaler([nm in u.log_features for nm in u.names], clip=self.clip).fit(u.X[tr_idx])
         Xtr = self.scaler_.transform(u.X[tr_idx], clip_to_training=True)
         Xval = self.scaler_.transform(u.X[val_idx])
         self._fit_model(Xtr, Xval)

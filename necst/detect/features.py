@@ -28,7 +28,7 @@ WINDOW_FEATURES = [
     "syn_ratio", "synack_ratio", "rst_ratio", "fin_ratio",
     "tcp_share", "udp_share", "icmp_share", "other_ip_share", "non_ip_share",
     "size_mean", "size_std", "new_flows_per_s", "half_open_share",
-    "web_share", "dns_share", "remote_admin_share", "other_service_share",
+    "web_share", "dns_share", "remote_admin_share", "other_service_share", "icmp_unreachable_share",
 ]
 LOG_FEATURES = {
     "packets", "bytes", "packets_per_s", "bytes_per_s", "src_ip_distinct", "dst_ip_distinct",
@@ -134,6 +134,7 @@ class PacketArrays:
     src_port: np.ndarray
     dst_port: np.ndarray
     proto: np.ndarray  # -1 without IP
+    icmp_type: np.ndarray  # -1 without ICMP
     flags: np.ndarray  # 0 without TCP
     order: np.ndarray  # row of the input table for each sorted position
     src_hash: np.ndarray = None  # stable across tables (see codes())
@@ -168,6 +169,7 @@ def packet_arrays(packets) -> PacketArrays:
         dst_port=take(column(t, "dst_port", _NO_PORT, np.int64)),
         proto=take(column(t, "ip_proto", -1, np.int64)),
         flags=take(column(t, "tcp_flags", 0, np.int64)),
+        icmp_type=take(column(t, "icmp_type", -1, np.int64)),
         order=order,
     )
 
@@ -271,6 +273,8 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5, origin
     dns = np.isin(service, _DNS_PORTS)
     admin = np.isin(service, _REMOTE_ADMIN_PORTS)
     other_svc = (service < 1024) & ~(web | dns | admin)
+    # Destination / port unreachable: what a closed port answers to a probe.
+    unreach = ((p.proto == 1) & (p.icmp_type == 3)) | ((p.proto == 58) & (p.icmp_type == 1))
     fkey = flow_keys(p)
     # A new flow: a bare SYN for TCP (so connections open before the capture began do not
     # count), the first packet of its 5-tuple otherwise.
@@ -282,9 +286,9 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5, origin
 
     per_bin = [np.bincount(bin_of, weights=x.astype(np.float64), minlength=len(ub)) for x in (
         np.ones(p.n), size, size * size, tcp, syn, synack, rst, fin, udp, icmp, other, non_ip, new,
-        web, dns, admin, other_svc)]
+        web, dns, admin, other_svc, unreach)]
     (n, nbytes, sq, ntcp, nsyn, nsynack, nrst, nfin, nudp, nicmp, nother, nnonip, nnew,
-     nweb, ndns, nadmin, nsvc) = to_windows(ub, per_bin)
+     nweb, ndns, nadmin, nsvc, nunreach) = to_windows(ub, per_bin)
 
     f: Dict[str, np.ndarray] = {}
     f["packets"] = n
@@ -320,6 +324,7 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5, origin
     f["dns_share"] = ndns / nz
     f["remote_admin_share"] = nadmin / nz
     f["other_service_share"] = nsvc / nz
+    f["icmp_unreachable_share"] = nunreach / nz
     mean = nbytes / nz
     f["size_mean"] = mean
     f["size_std"] = np.sqrt(np.maximum(sq / nz - mean * mean, 0.0))
