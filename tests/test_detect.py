@@ -44,6 +44,11 @@ def test_window_features_match_brute_force():
         syn = ((fl & 2) > 0) & ((fl & 16) == 0)
         assert w.syn_ratio == pytest.approx(syn.sum() / max(len(tcp), 1))
         assert w.size_mean == pytest.approx(sel.wire_len.mean())
+        ip = sel[sel.src_ip.notna()]
+        fan = ip.groupby("src_ip").dst_ip.nunique().max() if len(ip) else 0
+        assert w.max_dst_ip_per_src == fan
+        ports = ip.assign(p=ip.dst_port.fillna(-1)).groupby("src_ip").p.nunique().max() if len(ip) else 0
+        assert w.max_dst_port_per_src == ports
     # every packet is in exactly two windows, except those in the first half-second bin
     assert u.meta.packets.sum() < 2 * t.num_rows
 

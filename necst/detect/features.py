@@ -29,10 +29,12 @@ WINDOW_FEATURES = [
     "tcp_share", "udp_share", "icmp_share", "other_ip_share", "non_ip_share",
     "size_mean", "size_std", "new_flows_per_s", "half_open_share",
     "web_share", "dns_share", "remote_admin_share", "other_service_share", "icmp_unreachable_share",
+    "max_dst_ip_per_src", "max_dst_port_per_src",
 ]
 LOG_FEATURES = {
     "packets", "bytes", "packets_per_s", "bytes_per_s", "src_ip_distinct", "dst_ip_distinct",
     "src_port_distinct", "dst_port_distinct", "size_mean", "size_std", "new_flows_per_s",
+    "max_dst_ip_per_src", "max_dst_port_per_src",
 }
 
 _NO_PORT = 65536
@@ -332,6 +334,12 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5, origin
     f["half_open_share"] = _half_open(bin_of, ub, fkey, syn, tcp & ((flags & _ACK) != 0) & ~((flags & _SYN) != 0)
                                       & ((flags & _RST) == 0), wins, m)
 
+    ip = p.src_ip >= 0
+    f["max_dst_ip_per_src"] = _max_distinct_per_group(bin_of[ip], ub, p.src_ip[ip], p.dst_ip[ip], wins, m) \
+        if ip.any() else np.zeros(nw)
+    f["max_dst_port_per_src"] = _max_distinct_per_group(bin_of[ip], ub, p.src_ip[ip], p.dst_port[ip], wins, m) \
+        if ip.any() else np.zeros(nw)
+
     # Window times: the first bin's origin belongs to the file of any packet in it.
     first_pkt_bin = np.searchsorted(bins, wins + m - 1, side="right") - 1
     first_pkt_bin = np.clip(first_pkt_bin, 0, p.n - 1)
@@ -346,6 +354,28 @@ def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5, origin
     packet_unit = np.empty(p.n, dtype=np.int64)
     packet_unit[p.order] = np.minimum(pw, nw - 1)
     return Units("window", meta, X, list(WINDOW_FEATURES), packet_unit, frozenset(LOG_FEATURES))
+
+
+def _max_distinct_per_group(bin_of, ub, group, value, wins, m) -> np.ndarray:
+    """Per window: the largest number of distinct ``value`` any one ``group`` has (a scan's fan-out)."""
+    nw = len(wins)
+    pair = group.astype(np.int64) * np.int64(int(value.max()) + 2) + (value + 1)
+    pc, pairs = _factorize(pair)
+    npair = np.int64(len(pairs))
+    inv, k1 = _factorize(bin_of.astype(np.int64) * npair + pc)
+    b = ub[k1 // npair]
+    pr = k1 % npair
+    idx = (b[:, None] - np.arange(m)[None, :]).ravel()
+    w = np.searchsorted(wins, idx)
+    ok = (w < nw) & (wins[np.minimum(w, nw - 1)] == idx)
+    _, k2 = _factorize(w[ok].astype(np.int64) * npair + np.repeat(pr, m)[ok])
+    wk = k2 // npair
+    grp = pairs[k2 % npair] // np.int64(int(value.max()) + 2)
+    gc, gk = _factorize(wk * np.int64(int(group.max()) + 2) + (grp + 1))
+    counts = np.bincount(gc)
+    out = np.zeros(nw)
+    np.maximum.at(out, gk // np.int64(int(group.max()) + 2), counts.astype(float))
+    return out
 
 
 def _half_open(bin_of, ub, fkey, syn, est, wins, m) -> np.ndarray:
