@@ -1,0 +1,370 @@
+"""Decode header fields of a RawBatch as arrays, one gather per field over the whole batch.
+
+Each layer computes, for every packet at once, where its header starts and whether it lies
+within the captured bytes; a field that is absent or beyond the captured length is null
+(a False in its validity mask), never garbage. Layers are walked with a few vectorized
+passes (VLAN and MPLS stacks, IPv6 extension headers), not per packet.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pyarrow as pa
+
+from necst.capture.batch import RawBatch
+from necst.process.apps import APP_LABELS, label_apps
+from necst.schema import PACKET_SCHEMA
+
+PAYLOAD_HEAD = 16  # transport-payload bytes kept for application signatures
+
+ETH_IPV4, ETH_IPV6, ETH_ARP, ETH_RARP = 0x0800, 0x86DD, 0x0806, 0x8035
+_VLAN_TYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
+_MPLS_TYPES = (0x8847, 0x8848)
+_PPPOE_SESSION = 0x8864
+_PPP_TO_ETHERTYPE = {0x0021: ETH_IPV4, 0x0057: ETH_IPV6}
+_IPV6_EXT = (0, 43, 44, 60, 51)  # hop-by-hop, routing, fragment, destination options, AH
+
+# Link types (LINKTYPE_* values as stored in files)
+LT_NULL, LT_ETHERNET, LT_PPP, LT_RAW, LT_PPP_HDLC, LT_C_HDLC = 0, 1, 9, 101, 50, 104
+LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2, LT_PKTAP = 108, 113, 228, 229, 276, 258
+_RAW_ALIASES = (12, 14, LT_RAW)  # DLT_RAW differs between platforms
+_BSD_AF_INET6 = (10, 24, 28, 30)
+
+
+class _Bytes:
+    """Bounds-checked gathers from the batch buffer at per-packet offsets."""
+
+    def __init__(self, batch: RawBatch):
+        self.data = batch.data
+        self.last = len(batch.data) - 1
+        self.start = batch.offsets
+        self.cap = batch.cap_len.astype(np.int64)
+
+    def has(self, rel: np.ndarray, nbytes: int) -> np.ndarray:
+        return (rel >= 0) & (rel + nbytes <= self.cap)
+
+    def u8(self, rel: np.ndarray) -> np.ndarray:
+        idx = np.clip(self.start + rel, 0, self.last)
+        return self.data[idx].astype(np.uint32)
+
+    def u16(self, rel: np.ndarray) -> np.ndarray:
+        return (self.u8(rel) << 8) | self.u8(rel + 1)
+
+    def u16le(self, rel: np.ndarray) -> np.ndarray:
+        return self.u8(rel) | (self.u8(rel + 1) << 8)
+
+    def u32(self, rel: np.ndarray) -> np.ndarray:
+        return (self.u16(rel).astype(np.uint64) << 16 | self.u16(rel + 2)).astype(np.uint32)
+
+    def block(self, rel: np.ndarray, width: int) -> np.ndarray:
+        idx = np.clip(self.start[:, None] + rel[:, None] + np.arange(width), 0, self.last)
+        return self.data[idx]
+
+
+def _link_layer(b: _Bytes, linktype: np.ndarray, n: int):
+    """-> l3 offset, ethertype (0 unknown), ethertype valid, eth_present, vlan id, vlan valid."""
+    l3 = np.full(n, -1, dtype=np.int64)
+    etype = np.zeros(n, dtype=np.uint32)
+    ev = np.zeros(n, dtype=bool)
+    zero = np.zeros(n, dtype=np.int64)
+
+    # Ethernet, bare or behind Apple's PKTAP header (its length and inner DLT lead the header)
+    eth_base = zero.copy()
+    pktap = (linktype == LT_PKTAP) & b.has(zero, 8)
+    if pktap.any():
+        plen = (b.u16le(zero) | (b.u16le(zero + 2) << 16)).astype(np.int64)
+        inner = b.u16le(zero + 4) | (b.u16le(zero + 6) << 16)
+        pktap &= inner == LT_ETHERNET
+        eth_base = np.where(pktap, plen, eth_base)
+    eth = (linktype == LT_ETHERNET) | pktap
+    eth_ok = eth & b.has(eth_base, 14)
+    etype = np.where(eth_ok, b.u16(eth_base + 12), etype)
+    ev |= eth_ok
+    l3 = np.where(eth_ok, eth_base + 14, l3)
+
+    sll = (linktype == LT_SLL) & b.has(zero, 16)
+    etype = np.where(sll, b.u16(zero + 14), etype)
+    ev |= sll
+    l3 = np.where(sll, 16, l3)
+
+    sll2 = (linktype == LT_SLL2) & b.has(zero, 20)
+    etype = np.where(sll2, b.u16(zero), etype)
+    ev |= sll2
+    l3 = np.where(sll2, 20, l3)
+
+    chdlc = (linktype == LT_C_HDLC) & b.has(zero, 4)
+    etype = np.where(chdlc, b.u16(zero + 2), etype)
+    ev |= chdlc
+    l3 = np.where(chdlc, 4, l3)
+
+    ppp = np.isin(linktype, (LT_PPP, LT_PPP_HDLC)) & b.has(zero, 2)
+    if ppp.any():
+        hdlc = ppp & (b.u16(zero) == 0xFF03)
+        poff = np.where(hdlc, 2, 0)
+        okp = ppp & b.has(poff, 2)
+        proto = b.u16(poff)
+        for p, et in _PPP_TO_ETHERTYPE.items():
+            m = okp & (proto == p)
+            etype = np.where(m, et, etype)
+            ev |= m
+            l3 = np.where(m, poff + 2, l3)
+
+    null = np.isin(linktype, (LT_NULL, LT_LOOP)) & b.has(zero, 4)
+    if null.any():
+        be = b.u32(zero)
+        le = b.u16le(zero) | (b.u16le(zero + 2) << 16)
+        fam = np.where(linktype == LT_LOOP, be, np.where((be & 0xFFFF) == 0, le, be))
+        fam = np.where((linktype == LT_NULL) & ((le & 0xFFFF0000) == 0) & (le != 0), le, fam)
+        v4 = null & (fam == 2)
+        v6 = null & np.isin(fam, _BSD_AF_INET6)
+        etype = np.where(v4, ETH_IPV4, np.where(v6, ETH_IPV6, etype))
+        ev |= v4 | v6
+        l3 = np.where(v4 | v6, 4, l3)
+
+    raw = np.isin(linktype, _RAW_ALIASES + (LT_IPV4, LT_IPV6)) & b.has(zero, 1)
+    if raw.any():
+        ver = b.u8(zero) >> 4
+        v4 = raw & (ver == 4) & (linktype != LT_IPV6)
+        v6 = raw & (ver == 6) & (linktype != LT_IPV4)
+        etype = np.where(v4, ETH_IPV4, np.where(v6, ETH_IPV6, etype))
+        ev |= v4 | v6
+        l3 = np.where(v4 | v6, 0, l3)
+
+    # VLAN stacks (Ethernet only, as tshark reads them): the outermost tag's id is kept.
+    vlan_id = np.zeros(n, dtype=np.uint32)
+    vlan_ok = np.zeros(n, dtype=bool)
+    tagged = eth_ok & np.isin(etype, _VLAN_TYPES)
+    for _ in range(8):
+        tagged &= b.has(l3, 4)
+        if not tagged.any():
+            break
+        first = tagged & ~vlan_ok
+        vlan_id = np.where(first, b.u16(l3) & 0x0FFF, vlan_id)
+        vlan_ok |= first
+        etype = np.where(tagged, b.u16(l3 + 2), etype)
+        l3 = np.where(tagged, l3 + 4, l3)
+        tagged &= np.isin(etype, _VLAN_TYPES)
+
+    # PPPoE session: 6-byte header, then a PPP protocol number.
+    pppoe = ev & (etype == _PPPOE_SESSION) & b.has(l3, 8)
+    if pppoe.any():
+        proto = b.u16(l3 + 6)
+        for p, et in _PPP_TO_ETHERTYPE.items():
+            m = pppoe & (proto == p)
+            etype = np.where(m, et, etype)
+            l3 = np.where(m, l3 + 8, l3)
+
+    # MPLS label stacks: walk to bottom of stack, then guess IPv4 / IPv6 by the version nibble.
+    mpls = ev & np.isin(etype, _MPLS_TYPES)
+    if mpls.any():
+        inside = mpls.copy()
+        for _ in range(16):
+            inside &= b.has(l3, 4)
+            if not inside.any():
+                break
+            bottom = inside & ((b.u8(l3 + 2) & 1) == 1)
+            l3 = np.where(inside, l3 + 4, l3)
+            inside &= ~bottom
+        nib = b.u8(l3) >> 4
+        ok = mpls & b.has(l3, 1)
+        etype = np.where(ok & (nib == 4), ETH_IPV4, np.where(ok & (nib == 6), ETH_IPV6, etype))
+    return l3, etype, ev, eth_ok, eth_base, vlan_id, vlan_ok
+
+
+def _format_macs(b: _Bytes, rel: np.ndarray, valid: np.ndarray) -> pa.Array:
+    blk = b.block(rel, 6).astype(np.uint64)
+    val = np.zeros(len(rel), dtype=np.uint64)
+    for k in range(6):
+        val = (val << np.uint64(8)) | blk[:, k]
+    return _dictionary(val, valid, lambda v: ":".join(f"{(int(v) >> s) & 0xFF:02x}" for s in range(40, -8, -8)))
+
+
+def _dictionary(values: np.ndarray, valid: np.ndarray, fmt) -> pa.Array:
+    """Format only the distinct values, then index them: a dictionary-encoded string column."""
+    n = len(values)
+    indices = np.zeros(n, dtype=np.int32)
+    if valid.any():
+        uniq, inv = np.unique(values[valid], return_inverse=True)
+        indices[valid] = inv.astype(np.int32)
+        dictionary = pa.array([fmt(v) for v in uniq], type=pa.string())
+    else:
+        dictionary = pa.array([], type=pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=~valid), dictionary)
+
+
+def _format_ips(v4: np.ndarray, v6hi: np.ndarray, v6lo: np.ndarray, is4: np.ndarray, is6: np.ndarray) -> pa.Array:
+    # One key space for both families: IPv4 in the low bits with a marker that no IPv6 key has.
+    valid = is4 | is6
+    n = len(v4)
+    keys = np.zeros((n, 2), dtype=np.uint64)
+    keys[is4, 0] = np.uint64(1)
+    keys[is4, 1] = v4[is4].astype(np.uint64)
+    keys[is6, 0] = v6hi[is6] | np.uint64(0)
+    keys[is6, 1] = v6lo[is6]
+    fam = np.where(is6, 1, 0).astype(np.uint64)
+    k = np.column_stack([fam, keys])
+    indices = np.zeros(n, dtype=np.int32)
+    if valid.any():
+        uniq, inv = np.unique(k[valid], axis=0, return_inverse=True)
+        indices[valid] = inv.reshape(-1).astype(np.int32)
+        words = []
+        for f, hi, lo in uniq:
+            if f == 0:
+                words.append(str(ipaddress.IPv4Address(int(lo))))
+            else:
+                words.append(str(ipaddress.IPv6Address((int(hi) << 64) | int(lo))))
+        dictionary = pa.array(words, type=pa.string())
+    else:
+        dictionary = pa.array([], type=pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=~valid), dictionary)
+
+
+def _u64(b: _Bytes, rel: np.ndarray) -> np.ndarray:
+    return (b.u32(rel).astype(np.uint64) << np.uint64(32)) | b.u32(rel + 4).astype(np.uint64)
+
+
+def decode(batch: RawBatch) -> pa.RecordBatch:
+    """Decode a batch into PacketTable columns (flow columns left null for the flow stage)."""
+    n = len(batch)
+    b = _Bytes(batch)
+    linktype = batch.linktype
+    l3, etype, ev, eth_ok, eth_base, vlan_id, vlan_ok = _link_layer(b, linktype, n)
+
+    # ---- IPv4 ------------------------------------------------------------------------
+    is4 = ev & (etype == ETH_IPV4) & b.has(l3, 20) & ((b.u8(l3) >> 4) == 4)
+    ihl = (b.u8(l3) & 0x0F).astype(np.int64) * 4
+    v4_total = b.u16(l3 + 2).astype(np.int64)
+    # As tshark: a header length under 20 or a total length under it is bogus, except a total of
+    # 0, which TCP segmentation offload leaves behind (then the frame says how long it is).
+    is4 &= (ihl >= 20) & ((v4_total >= ihl) | (v4_total == 0))
+    v4_total = np.where(v4_total == 0, batch.wire_len.astype(np.int64) - l3, v4_total)
+    v4_fragw = b.u16(l3 + 6)
+    v4_ttl = b.u8(l3 + 8)
+    v4_proto = b.u8(l3 + 9)
+    v4_src = b.u32(l3 + 12)
+    v4_dst = b.u32(l3 + 16)
+    v4_id = b.u16(l3 + 4)
+
+    # ---- IPv6, walking extension headers to the upper-layer protocol ------------------
+    is6 = ev & (etype == ETH_IPV6) & b.has(l3, 40) & ((b.u8(l3) >> 4) == 6)
+    v6_plen = b.u16(l3 + 4).astype(np.int64)
+    nxt = b.u8(l3 + 6)
+    v6_hlim = b.u8(l3 + 7)
+    src_hi, src_lo = _u64(b, l3 + 8), _u64(b, l3 + 16)
+    dst_hi, dst_lo = _u64(b, l3 + 24), _u64(b, l3 + 32)
+    ext_off = l3 + 40
+    v6_frag_id = np.zeros(n, dtype=np.uint32)
+    v6_frag_w = np.zeros(n, dtype=np.uint32)
+    v6_has_frag = np.zeros(n, dtype=bool)
+    v6_ext_cut = np.zeros(n, dtype=bool)  # an extension header lies beyond the captured bytes
+    walking = is6 & np.isin(nxt, _IPV6_EXT)
+    while walking.any():  # ends: each header is at least 8 bytes and must lie within the capture
+        inside = walking & b.has(ext_off, 8)
+        v6_ext_cut |= walking & ~inside
+        walking = inside
+        frag = walking & (nxt == 44)
+        v6_frag_w = np.where(frag, b.u16(ext_off + 2), v6_frag_w)
+        v6_frag_id = np.where(frag, b.u32(ext_off + 4), v6_frag_id)
+        v6_has_frag |= frag
+        hlen = np.where(nxt == 51, (b.u8(ext_off + 1).astype(np.int64) + 2) * 4,
+                        np.where(nxt == 44, 8, (b.u8(ext_off + 1).astype(np.int64) + 1) * 8))
+        nxt = np.where(walking, b.u8(ext_off), nxt)
+        ext_off = np.where(walking, ext_off + hlen, ext_off)
+        walking &= np.isin(nxt, _IPV6_EXT)
+
+    ip = is4 | is6
+    ip_version = np.where(is4, 4, 6)
+    proto_ok = is4 | (is6 & ~v6_ext_cut)
+    ip_proto = np.where(is4, v4_proto, nxt)
+    ttl = np.where(is4, v4_ttl, v6_hlim)
+    ip_hdr_len = np.where(is4, ihl, ext_off - l3)
+    ip_end = np.where(is4, l3 + v4_total, l3 + 40 + v6_plen)  # end of the IP datagram, on the wire
+    frag_offset = np.where(is4, v4_fragw & 0x1FFF, v6_frag_w >> 3)
+    more_frag = np.where(is4, (v4_fragw & 0x2000) != 0, (v6_frag_w & 1) != 0)
+    frag_valid = is4 | v6_has_frag
+    ip_id = np.where(is4, v4_id, v6_frag_id)
+
+    # ---- transport -----------------------------------------------------------------------
+    l4 = l3 + ip_hdr_len
+    first_frag = ip & proto_ok & (frag_offset == 0)
+    tcp = first_frag & (ip_proto == 6) & b.has(l4, 20)
+    udp = first_frag & (ip_proto == 17) & b.has(l4, 8)
+    icmp = first_frag & (((ip_proto == 1) & is4) | ((ip_proto == 58) & is6)) & b.has(l4, 2)
+    ports = tcp | udp
+    src_port = b.u16(l4)
+    dst_port = b.u16(l4 + 2)
+    tcp_seq = b.u32(l4 + 4)
+    tcp_ack = b.u32(l4 + 8)
+    doff_byte = b.u8(l4 + 12)
+    tcp_flags = ((doff_byte & 1) << 8) | b.u8(l4 + 13)
+    tcp_window = b.u16(l4 + 14)
+    tcp_hlen = (doff_byte >> 4).astype(np.int64) * 4
+    # A data offset under 5 words is bogus: like tshark, keep the ports and sequence number
+    # (fixed positions before it) and nothing that depends on trusting the header.
+    tcp_ok = tcp & (tcp_hlen >= 20)
+    l4_hdr_len = np.where(tcp, tcp_hlen, 8)
+    l4_known = tcp_ok | udp | (first_frag & (((ip_proto == 1) & is4) | ((ip_proto == 58) & is6)))
+    payload_len = np.maximum(ip_end - l4 - l4_hdr_len, 0)
+    pay_off = l4 + l4_hdr_len
+    captured_payload = np.clip(np.minimum(b.cap, ip_end) - pay_off, 0, PAYLOAD_HEAD)
+    captured_payload = np.where(ports, captured_payload, 0)
+    head = b.block(pay_off, PAYLOAD_HEAD)
+    head[np.arange(PAYLOAD_HEAD)[None, :] >= captured_payload[:, None]] = 0
+
+    # ---- ARP -------------------------------------------------------------------------------
+    arp = ev & np.isin(etype, (ETH_ARP, ETH_RARP)) & b.has(l3, 8)
+    arp_op = b.u16(l3 + 6)
+
+    # ---- applications ---------------------------------------------------------------------
+    app_codes = label_apps(
+        np.where(ip & proto_ok, ip_proto, 0).astype(np.uint8),
+        np.where(ports, src_port, -1).astype(np.int32),
+        np.where(ports, dst_port, -1).astype(np.int32),
+        head,
+        captured_payload,
+    )
+    app = pa.DictionaryArray.from_arrays(
+        pa.array(app_codes.astype(np.int32)), pa.array(list(APP_LABELS), type=pa.string())
+    )
+
+    def col(values, valid, typ):
+        return pa.array(np.asarray(values).astype(typ.to_pandas_dtype()), type=typ, mask=~valid)
+
+    cols = {
+        "ts_ns": pa.array(batch.ts_ns, type=pa.int64()),
+        "wire_len": pa.array(batch.wire_len, type=pa.uint32()),
+        "cap_len": pa.array(batch.cap_len, type=pa.uint32()),
+        "linktype": pa.array(linktype, type=pa.uint16()),
+        "file_index": pa.array(np.full(n, batch.file_index, dtype=np.uint16)),
+        "eth_src": _format_macs(b, eth_base + 6, eth_ok),
+        "eth_dst": _format_macs(b, eth_base, eth_ok),
+        "vlan_id": col(vlan_id, vlan_ok, pa.uint16()),
+        "ethertype": col(etype, ev, pa.uint16()),
+        "ip_version": col(ip_version, ip, pa.uint8()),
+        "src_ip": _format_ips(v4_src, src_hi, src_lo, is4, is6),
+        "dst_ip": _format_ips(v4_dst, dst_hi, dst_lo, is4, is6),
+        "ip_proto": col(ip_proto, ip & proto_ok, pa.uint8()),
+        "ttl": col(ttl, ip, pa.uint8()),
+        "ip_hdr_len": col(ip_hdr_len, ip & proto_ok, pa.uint16()),
+        "ip_id": col(ip_id, is4 | v6_has_frag, pa.uint32()),
+        "frag_offset": col(frag_offset, frag_valid, pa.uint16()),
+        "more_fragments": col(more_frag, frag_valid, pa.bool_()),
+        "src_port": col(src_port, ports, pa.uint16()),
+        "dst_port": col(dst_port, ports, pa.uint16()),
+        "tcp_flags": col(tcp_flags, tcp_ok, pa.uint16()),
+        "tcp_seq": col(tcp_seq, tcp, pa.uint32()),
+        "tcp_ack": col(tcp_ack, tcp_ok, pa.uint32()),
+        "tcp_window": col(tcp_window, tcp_ok, pa.uint16()),
+        "icmp_type": col(b.u8(l4), icmp, pa.uint8()),
+        "icmp_code": col(b.u8(l4 + 1), icmp, pa.uint8()),
+        "arp_op": col(arp_op, arp, pa.uint16()),
+        "l4_hdr_len": col(l4_hdr_len, l4_known, pa.uint32()),
+        "payload_len": col(payload_len, l4_known, pa.uint32()),
+        "app": app,
+        "flow_id": pa.nulls(n, pa.int64()),
+        "direction": pa.nulls(n, pa.uint8()),
+        "flow_pos": pa.nulls(n, pa.uint32()),
+        "flow_iat_ns": pa.nulls(n, pa.int64()),
+    }
+    return pa.RecordBatch.from_arrays([cols[f.name] for f in PACKET_SCHEMA], schema=PACKET_SCHEMA)
