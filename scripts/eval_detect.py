@@ -60,7 +60,7 @@ def _stopgap_read(path: Path) -> pa.Table:
 
 def read(path: Path) -> pa.Table:
     try:
-        from necst.process.dataset import read_packets
+        from necst.detect.io import read_packets
     except ImportError:
         return _stopgap_read(path)
     return read_packets(path)

@@ -87,6 +87,8 @@ def test_postprocessing():
     assert pp.alerts(f) == [(3, 9), (14, 15)]
     assert pp.decision(f) == "attack detected"
     assert pp.decision(pp.flags(np.zeros(5), 1)) == "normal"
+    assert pp.flags(np.array([5, 0, 0]), 1).tolist() == [1, 0, 0]  # cut by the capture's start
+    assert pp.decision(np.array([True])) == "attack detected"  # a one-unit capture, flagged
 
 
 @pytest.fixture(scope="module")

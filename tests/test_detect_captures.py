@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("necst.process.dataset", reason="the packet reader (necst.process.dataset) is not merged yet")
+pytest.importorskip("necst.capture.reader", reason="the packet reader is not merged yet")
 
 from typer.testing import CliRunner  # noqa: E402
 

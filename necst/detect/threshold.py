@@ -8,8 +8,9 @@ Three ways to set the threshold from scores of held-out normal units:
   the excesses over an initial high quantile, extrapolated to a risk level far past the data.
 
 Post-processing turns per-unit flags into alerts: ``min_consecutive`` units in a row make an
-alert, alerts closer than ``cooldown`` units merge into one, and a file is an attack when at
-least ``min_attack_windows`` units are flagged.
+alert (a run cut by the start or end of the capture counts whatever its length), alerts closer
+than ``cooldown`` units merge into one, and a file is an attack when at least
+``min_attack_windows`` units are flagged (all of them, when the capture has fewer units).
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class PostProcess:
         return asdict(self)
 
     def flags(self, scores: np.ndarray, threshold: float) -> np.ndarray:
-        """Raw exceedances, keeping only runs of at least ``min_consecutive`` units."""
+        """Raw exceedances, keeping runs of at least ``min_consecutive`` units (or cut by either end)."""
         raw = np.asarray(scores) > threshold
         k = max(1, int(self.min_consecutive))
         if k == 1 or raw.size == 0:
@@ -92,7 +93,8 @@ class PostProcess:
         edges = np.diff(np.r_[0, raw.astype(np.int8), 0])
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
         keep = np.zeros(raw.size + 1, dtype=np.int64)
-        long = (ends - starts) >= k
+        # A run cut by the start or end of the capture may be the visible part of a longer event.
+        long = ((ends - starts) >= k) | (starts == 0) | (ends == raw.size)
         np.add.at(keep, starts[long], 1)
         np.add.at(keep, ends[long], -1)
         return np.cumsum(keep)[:-1] > 0
@@ -111,4 +113,9 @@ class PostProcess:
         return list(zip(first.tolist(), last.tolist()))
 
     def decision(self, flags: np.ndarray) -> str:
-        return "attack detected" if int(np.sum(flags)) >= self.min_attack_windows else "normal"
+        """Attack when ``min_attack_windows`` units are flagged (or all of them, in a shorter capture)."""
+        flags = np.asarray(flags)
+        if flags.size == 0:
+            return "normal"
+        need = max(1, min(int(self.min_attack_windows), flags.size))
+        return "attack detected" if int(np.sum(flags)) >= need else "normal"
