@@ -119,6 +119,15 @@ def test_autoencoder_separates_a_flood(trained, attacked, tmp_path):
         "packets", "size_mean", "tcp_share", "size_std"}
 
 
+def test_training_is_reproducible():
+    train = normal_traffic(1200, rate=50, seed=0)
+    a = Detector(q=0.99, epochs=3, seed=1).fit(train)
+    b = Detector(q=0.99, epochs=3, seed=1).fit(train)
+    for wa, wb in zip(a.weights_, b.weights_):
+        np.testing.assert_array_equal(wa, wb)
+    assert a.threshold_ == b.threshold_
+
+
 def test_save_load_same_scores_and_keras_agrees(trained, attacked, tmp_path):
     from necst.detect.autoencoder import forward
 

@@ -66,8 +66,11 @@ class RobustScaler:
 def build_autoencoder(n_features: int, hidden: Sequence[int], noise: float, seed: int):
     """Encoder ``hidden`` down to the bottleneck, mirrored decoder, linear output."""
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
+    # Same data and seed, same weights: TF's threaded reductions are otherwise free to reorder.
+    tf.config.experimental.enable_op_determinism()
     inp = keras.Input((n_features,), name="features")
     x = keras.layers.GaussianNoise(noise, seed=seed, name="denoise")(inp)
     for i, h in enumerate(hidden):
