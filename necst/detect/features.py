@@ -3,8 +3,9 @@
 Each ``*_features`` function returns a :class:`Units` — one row per scored unit (a window,
 a flow or a packet) with its time span and packet count, the feature matrix, and the
 feature names. Everything is whole-array numpy work: windows come from per-stride bins
-(``np.bincount`` over bin ids) merged into overlapping windows, distinct counts and
-entropies from ``np.unique`` over packed (bin, value) keys, never a Python loop per packet.
+(``np.bincount`` over bin ids) merged into overlapping windows; distinct counts, entropies and
+fan-outs from hash grouping (``pd.factorize``) of packed (bin, value) keys, counted per bin and
+then shifted into the windows each bin belongs to. Never a Python loop per packet.
 """
 from __future__ import annotations
 
