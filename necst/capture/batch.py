@@ -20,6 +20,7 @@ class RawBatch:
     ts_ns: np.ndarray  # int64
     linktype: np.ndarray  # uint16, per packet (pcapng interfaces differ)
     file_index: int = 0
+    pad: int = 0  # zero bytes at the end of data, beyond every packet (lets the decoder read past ends)
 
     def __len__(self) -> int:
         return len(self.offsets)

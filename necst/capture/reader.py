@@ -18,6 +18,7 @@ from necst.capture.batch import RawBatch
 from necst.errors import CaptureError
 
 CHUNK_BYTES = 32 << 20
+PAD = 64  # zero bytes after each buffer's data (see RawBatch.pad)
 # Wireshark's largest record for ordinary link types; larger captured lengths mean a broken file.
 MAX_RECORD = 256 << 20
 MAX_SNAPLEN_WARN = 262144 * 4
@@ -67,22 +68,35 @@ class CaptureReader:
         self.warnings: list[str] = []
         self.format = "unknown"
         self.compressed = False
+        self.leftover = 0  # bytes after the last complete record
 
     # -- plumbing ---------------------------------------------------------------------------
     def _warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
 
-    def _chunks(self, f: BinaryIO) -> Iterator[bytes]:
+    def _buffers(self, f: BinaryIO, first: bytes = b"") -> Iterator[tuple[bytearray, int]]:
+        """Yield (buffer, length): the unwalked rest of the last buffer followed by the next chunk.
+
+        Each buffer is new (batches handed out keep theirs) and ends in PAD zero bytes, so the
+        decoder may read a little past any packet without bounds checks or copies. Send the
+        position where the walk stopped back into the generator.
+        """
+        rest = first
         while True:
+            buf = bytearray(len(rest) + self.chunk_bytes + PAD)
+            buf[: len(rest)] = rest
             try:
-                chunk = f.read(self.chunk_bytes)
+                got = f.readinto(memoryview(buf)[len(rest) : len(rest) + self.chunk_bytes])
             except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
                 self._warn(f"{self.path}: compressed stream ends early or is corrupt ({e}); kept every complete packet")
+                got = 0
+            if not got:
+                self.leftover = len(rest)
                 return
-            if not chunk:
-                return
-            yield chunk
+            length = len(rest) + got
+            stop = yield buf, length
+            rest = bytes(memoryview(buf)[stop:length])
 
     def __iter__(self) -> Iterator[RawBatch]:
         f, self.compressed = _open(self.path)
@@ -123,29 +137,32 @@ class CaptureReader:
         if snaplen == 0 or snaplen > MAX_SNAPLEN_WARN:
             self._warn(f"{self.path}: header's snap length {snaplen} is implausible; using record lengths")
         rec_len = 24 if modified else 16
-        limit = MAX_RECORD
-        leftover = b""
-        for chunk in self._chunks(f):
-            buf = leftover + chunk if leftover else chunk
-            offsets, end, bad = _walk_pcap(buf, order, rec_len, limit)
-            if len(offsets):
-                yield self._pcap_batch(buf, offsets, order, nanos, rec_len, linktype)
-            if bad is not None:
-                if self.packets == 0:
-                    raise CaptureError(f"first record claims a captured length of {bad} bytes", self.path)
-                self._warn(f"{self.path}: record {self.packets + 1} claims a captured length of {bad} bytes; "
-                           f"stopped there, kept {self.packets} packets")
-                return
-            leftover = buf[end:]
-        if leftover:
-            self._warn(f"{self.path}: file ends in the middle of a record ({len(leftover)} bytes); "
+        buffers = self._buffers(f)
+        try:
+            buf, length = next(buffers)
+            while True:
+                offsets, stop, bad = _walk_pcap(buf, length, order, rec_len, MAX_RECORD)
+                if len(offsets):
+                    yield self._pcap_batch(buf, length, offsets, order, nanos, rec_len, linktype)
+                if bad is not None:
+                    if self.packets == 0:
+                        raise CaptureError(f"first record claims a captured length of {bad} bytes", self.path)
+                    self._warn(f"{self.path}: record {self.packets + 1} claims a captured length of {bad} bytes; "
+                               f"stopped there, kept {self.packets} packets")
+                    return
+                buf, length = buffers.send(stop)
+        except StopIteration:
+            pass
+        if self.leftover:
+            self._warn(f"{self.path}: file ends in the middle of a record ({self.leftover} bytes); "
                        f"kept {self.packets} complete packets")
 
-    def _pcap_batch(self, buf: bytes, offsets: np.ndarray, order: str, nanos: bool, rec_len: int,
-                    linktype: int) -> RawBatch:
+    def _pcap_batch(self, buf: bytearray, length: int, offsets: np.ndarray, order: str, nanos: bool,
+                    rec_len: int, linktype: int) -> RawBatch:
         data = np.frombuffer(buf, dtype=np.uint8)
         dt = np.dtype(order + "u4")
-        hdr = data[offsets[:, None] + np.arange(16)].copy().view(dt)  # (n, 4): sec, frac, caplen, wirelen
+        rows = np.lib.stride_tricks.sliding_window_view(data, 16)
+        hdr = np.ascontiguousarray(rows[offsets]).view(dt)  # (n, 4): sec, frac, caplen, wirelen
         sec = hdr[:, 0].astype(np.int64)
         frac = hdr[:, 1].astype(np.int64)
         ts = sec * 1_000_000_000 + (frac if nanos else frac * 1000)
@@ -155,38 +172,41 @@ class CaptureReader:
             data=data, offsets=offsets + rec_len, cap_len=hdr[:, 2].astype(np.uint32),
             wire_len=hdr[:, 3].astype(np.uint32), ts_ns=ts,
             linktype=np.full(n, linktype, dtype=np.uint16), file_index=self.file_index,
+            pad=len(buf) - length,
         )
 
     # -- pcapng -----------------------------------------------------------------------------
     def _read_pcapng(self, f: BinaryIO, head: bytes) -> Iterator[RawBatch]:
         state = _PcapngState()
-        leftover = head
-        first = True
-        for chunk in self._chunks(f):
-            buf = leftover + chunk
-            if first:
-                _check_shb(buf, self.path)
-                first = False
-            try:
-                cols, end = _walk_pcapng(buf, state, self.path)
-            except CaptureError as e:
-                cols, end = e.partial, None  # type: ignore[attr-defined]
-                if cols is not None and len(cols[0]):
-                    yield self._pcapng_batch(buf, cols, state)
-                if self.packets == 0:
-                    raise CaptureError(e.reason, self.path) from None
-                self._warn(f"{e}; stopped there, kept {self.packets} packets")
-                return
-            if len(cols[0]):
-                yield self._pcapng_batch(buf, cols, state)
-            leftover = buf[end:]
-        if first:
-            _check_shb(leftover, self.path)
-        if leftover:
-            self._warn(f"{self.path}: file ends in the middle of a block ({len(leftover)} bytes); "
+        buffers = self._buffers(f, first=head)
+        try:
+            buf, length = next(buffers)
+        except StopIteration:
+            _check_shb(head, self.path)
+            return
+        _check_shb(bytes(buf[:12]) if length >= 12 else b"", self.path)
+        try:
+            while True:
+                try:
+                    cols, stop = _walk_pcapng(buf, length, state, self.path)
+                except CaptureError as e:
+                    cols = e.partial  # type: ignore[attr-defined]
+                    if len(cols[0]):
+                        yield self._pcapng_batch(buf, length, cols, state)
+                    if self.packets == 0:
+                        raise CaptureError(e.reason, self.path) from None
+                    self._warn(f"{e}; stopped there, kept {self.packets} packets")
+                    return
+                if len(cols[0]):
+                    yield self._pcapng_batch(buf, length, cols, state)
+                buf, length = buffers.send(stop)
+        except StopIteration:
+            pass
+        if self.leftover:
+            self._warn(f"{self.path}: file ends in the middle of a block ({self.leftover} bytes); "
                        f"kept {self.packets} complete packets")
 
-    def _pcapng_batch(self, buf: bytes, cols, state: "_PcapngState") -> RawBatch:
+    def _pcapng_batch(self, buf: bytearray, length: int, cols, state: "_PcapngState") -> RawBatch:
         data_off, caplen, wirelen, ts_raw, iface, has_ts = (np.asarray(c) for c in cols)
         iface = iface.astype(np.int64)
         ts_raw = ts_raw.astype(np.uint64)
@@ -228,7 +248,7 @@ class CaptureReader:
         return RawBatch(
             data=np.frombuffer(buf, dtype=np.uint8), offsets=data_off.astype(np.int64),
             cap_len=caplen.astype(np.uint32), wire_len=wirelen.astype(np.uint32), ts_ns=ts,
-            linktype=link, file_index=self.file_index,
+            linktype=link, file_index=self.file_index, pad=len(buf) - length,
         )
 
 
@@ -243,13 +263,12 @@ def _scale_pow2(frac: np.ndarray, p: np.ndarray) -> np.ndarray:
     return out
 
 
-def _walk_pcap(buf: bytes, order: str, rec_len: int, limit: int):
-    """Offsets of the complete records in buf; where the walk stopped; a bad captured length or None."""
+def _walk_pcap(buf: bytearray, end: int, order: str, rec_len: int, limit: int):
+    """Offsets of the complete records in buf[:end]; where the walk stopped; a bad captured length or None."""
     caplen_at = struct.Struct(order + "I").unpack_from
     offsets = []
     append = offsets.append
     pos = 0
-    end = len(buf)
     bad = None
     while pos + rec_len <= end:
         cl = caplen_at(buf, pos + 8)[0]
@@ -324,12 +343,11 @@ def _parse_idb(buf: bytes, pos: int, blen: int, st: _PcapngState) -> None:
     st.iface_offset_ns.append(offset_s * 1_000_000_000)
 
 
-def _walk_pcapng(buf: bytes, st: _PcapngState, path):
-    """Walk complete blocks; collect packet records. Raises CaptureError (with .partial) on a broken block."""
+def _walk_pcapng(buf: bytearray, end: int, st: _PcapngState, path):
+    """Walk complete blocks in buf[:end]; collect packet records. Raises CaptureError (with .partial)."""
     data_off, caplen, wirelen, ts_raw, iface, has_ts = [], [], [], [], [], []
     cols = (data_off, caplen, wirelen, ts_raw, iface, has_ts)
     pos = 0
-    end = len(buf)
     u32 = struct.Struct(st.order + "I").unpack_from
 
     def broken(reason: str):

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from necst.capture.batch import RawBatch
-from necst.process.apps import APP_LABELS, label_apps
+from necst.process.apps import app_dictionary, label_apps
 from necst.schema import PACKET_SCHEMA
 
 PAYLOAD_HEAD = 16  # transport-payload bytes kept for application signatures
@@ -35,9 +35,15 @@ _BSD_AF_INET6 = (10, 24, 28, 30)
 class _Bytes:
     """Bounds-checked gathers from the batch buffer at per-packet offsets."""
 
+    PAD = 64  # zero bytes after the buffer, so a window's columns never need clipping
+
     def __init__(self, batch: RawBatch):
-        self.data = batch.data
-        self.last = len(batch.data) - 1
+        if batch.pad >= self.PAD:  # the reader left zero bytes after the data: no copy needed
+            self.data = batch.data
+        else:
+            self.data = np.concatenate([batch.data, np.zeros(self.PAD, dtype=np.uint8)])
+        self.rows = np.lib.stride_tricks.sliding_window_view(self.data, self.PAD)
+        self.last = len(self.data) - self.PAD
         self.start = batch.offsets
         self.cap = batch.cap_len.astype(np.int64)
 
@@ -58,8 +64,31 @@ class _Bytes:
         return (self.u16(rel).astype(np.uint64) << 16 | self.u16(rel + 2)).astype(np.uint32)
 
     def block(self, rel: np.ndarray, width: int) -> np.ndarray:
-        idx = np.clip(self.start[:, None] + rel[:, None] + np.arange(width), 0, self.last)
-        return self.data[idx]
+        assert width <= self.PAD
+        base = np.clip(self.start + rel, 0, self.last)
+        return self.rows[base, :width]  # whole rows of a strided view: one copy per packet
+
+    def window(self, rel: np.ndarray, width: int) -> "_Window":
+        return _Window(self.block(rel, width))
+
+
+class _Window:
+    """A header's first bytes for every packet, gathered once; fields are column arithmetic."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+
+    def u8(self, k: int) -> np.ndarray:
+        return self.a[:, k].astype(np.uint32)
+
+    def u16(self, k: int) -> np.ndarray:
+        return (self.a[:, k].astype(np.uint32) << 8) | self.a[:, k + 1]
+
+    def u32(self, k: int) -> np.ndarray:
+        return (self.u16(k) << 16) | self.u16(k + 2)
+
+    def u64(self, k: int) -> np.ndarray:
+        return (self.u32(k).astype(np.uint64) << np.uint64(32)) | self.u32(k + 4).astype(np.uint64)
 
 
 def _link_layer(b: _Bytes, linktype: np.ndarray, n: int):
@@ -173,55 +202,38 @@ def _link_layer(b: _Bytes, linktype: np.ndarray, n: int):
 
 
 def _format_macs(b: _Bytes, rel: np.ndarray, valid: np.ndarray) -> pa.Array:
-    blk = b.block(rel, 6).astype(np.uint64)
-    val = np.zeros(len(rel), dtype=np.uint64)
-    for k in range(6):
-        val = (val << np.uint64(8)) | blk[:, k]
+    w = _Window(b.block(rel, 6))
+    val = (w.u16(0).astype(np.uint64) << np.uint64(32)) | w.u32(2).astype(np.uint64)
     return _dictionary(val, valid, lambda v: ":".join(f"{(int(v) >> s) & 0xFF:02x}" for s in range(40, -8, -8)))
 
 
-def _dictionary(values: np.ndarray, valid: np.ndarray, fmt) -> pa.Array:
-    """Format only the distinct values, then index them: a dictionary-encoded string column."""
-    n = len(values)
+def _dictionary(keys: np.ndarray, valid: np.ndarray, fmt) -> pa.Array:
+    """Format only the distinct keys, then index them."""
+    n = len(keys)
     indices = np.zeros(n, dtype=np.int32)
+    words: list[str] = []
     if valid.any():
-        uniq, inv = np.unique(values[valid], return_inverse=True)
-        indices[valid] = inv.astype(np.int32)
-        dictionary = pa.array([fmt(v) for v in uniq], type=pa.string())
-    else:
-        dictionary = pa.array([], type=pa.string())
-    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=~valid), dictionary)
+        uniq, codes = np.unique(keys[valid], return_inverse=True)
+        indices[valid] = codes
+        words = [fmt(v) for v in uniq]
+    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=~valid), pa.array(words, type=pa.string()))
 
 
 def _format_ips(v4: np.ndarray, v6hi: np.ndarray, v6lo: np.ndarray, is4: np.ndarray, is6: np.ndarray) -> pa.Array:
-    # One key space for both families: IPv4 in the low bits with a marker that no IPv6 key has.
-    valid = is4 | is6
-    n = len(v4)
-    keys = np.zeros((n, 2), dtype=np.uint64)
-    keys[is4, 0] = np.uint64(1)
-    keys[is4, 1] = v4[is4].astype(np.uint64)
-    keys[is6, 0] = v6hi[is6] | np.uint64(0)
-    keys[is6, 1] = v6lo[is6]
-    fam = np.where(is6, 1, 0).astype(np.uint64)
-    k = np.column_stack([fam, keys])
-    indices = np.zeros(n, dtype=np.int32)
-    if valid.any():
-        uniq, inv = np.unique(k[valid], axis=0, return_inverse=True)
-        indices[valid] = inv.reshape(-1).astype(np.int32)
-        words = []
-        for f, hi, lo in uniq:
-            if f == 0:
-                words.append(str(ipaddress.IPv4Address(int(lo))))
-            else:
-                words.append(str(ipaddress.IPv6Address((int(hi) << 64) | int(lo))))
-        dictionary = pa.array(words, type=pa.string())
-    else:
-        dictionary = pa.array([], type=pa.string())
-    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=~valid), dictionary)
+    """IPv4 keys are the address (< 2^32); each distinct IPv6 address gets a key from 2^32 up."""
+    keys = v4.astype(np.uint64)
+    words6: list[str] = []
+    if is6.any():
+        pairs = np.column_stack([v6hi[is6], v6lo[is6]])
+        uniq6, inv6 = np.unique(pairs, axis=0, return_inverse=True)
+        keys[is6] = np.uint64(1 << 32) + inv6.reshape(-1).astype(np.uint64)
+        words6 = [str(ipaddress.IPv6Address((int(hi) << 64) | int(lo))) for hi, lo in uniq6]
 
+    def fmt(k):
+        k = int(k)
+        return str(ipaddress.IPv4Address(k)) if k < (1 << 32) else words6[k - (1 << 32)]
 
-def _u64(b: _Bytes, rel: np.ndarray) -> np.ndarray:
-    return (b.u32(rel).astype(np.uint64) << np.uint64(32)) | b.u32(rel + 4).astype(np.uint64)
+    return _dictionary(keys, is4 | is6, fmt)
 
 
 def decode(batch: RawBatch) -> pa.RecordBatch:
@@ -232,46 +244,51 @@ def decode(batch: RawBatch) -> pa.RecordBatch:
     l3, etype, ev, eth_ok, eth_base, vlan_id, vlan_ok = _link_layer(b, linktype, n)
 
     # ---- IPv4 ------------------------------------------------------------------------
-    is4 = ev & (etype == ETH_IPV4) & b.has(l3, 20) & ((b.u8(l3) >> 4) == 4)
-    ihl = (b.u8(l3) & 0x0F).astype(np.int64) * 4
-    v4_total = b.u16(l3 + 2).astype(np.int64)
+    w = b.window(l3, 40)  # the IPv4 header's fixed part, or the whole IPv6 header
+    is4 = ev & (etype == ETH_IPV4) & b.has(l3, 20) & ((w.u8(0) >> 4) == 4)
+    ihl = (w.u8(0) & 0x0F).astype(np.int64) * 4
+    v4_total = w.u16(2).astype(np.int64)
     # As tshark: a header length under 20 or a total length under it is bogus, except a total of
     # 0, which TCP segmentation offload leaves behind (then the frame says how long it is).
     is4 &= (ihl >= 20) & ((v4_total >= ihl) | (v4_total == 0))
     v4_total = np.where(v4_total == 0, batch.wire_len.astype(np.int64) - l3, v4_total)
-    v4_fragw = b.u16(l3 + 6)
-    v4_ttl = b.u8(l3 + 8)
-    v4_proto = b.u8(l3 + 9)
-    v4_src = b.u32(l3 + 12)
-    v4_dst = b.u32(l3 + 16)
-    v4_id = b.u16(l3 + 4)
+    v4_fragw = w.u16(6)
+    v4_ttl = w.u8(8)
+    v4_proto = w.u8(9)
+    v4_src = w.u32(12)
+    v4_dst = w.u32(16)
+    v4_id = w.u16(4)
 
     # ---- IPv6, walking extension headers to the upper-layer protocol ------------------
-    is6 = ev & (etype == ETH_IPV6) & b.has(l3, 40) & ((b.u8(l3) >> 4) == 6)
-    v6_plen = b.u16(l3 + 4).astype(np.int64)
-    nxt = b.u8(l3 + 6)
-    v6_hlim = b.u8(l3 + 7)
-    src_hi, src_lo = _u64(b, l3 + 8), _u64(b, l3 + 16)
-    dst_hi, dst_lo = _u64(b, l3 + 24), _u64(b, l3 + 32)
+    is6 = ev & (etype == ETH_IPV6) & b.has(l3, 40) & ((w.u8(0) >> 4) == 6)
+    v6_plen = w.u16(4).astype(np.int64)
+    nxt = w.u8(6)
+    v6_hlim = w.u8(7)
+    src_hi, src_lo = w.u64(8), w.u64(16)
+    dst_hi, dst_lo = w.u64(24), w.u64(32)
     ext_off = l3 + 40
+    nxt = nxt.copy()
     v6_frag_id = np.zeros(n, dtype=np.uint32)
     v6_frag_w = np.zeros(n, dtype=np.uint32)
     v6_has_frag = np.zeros(n, dtype=bool)
     v6_ext_cut = np.zeros(n, dtype=bool)  # an extension header lies beyond the captured bytes
-    walking = is6 & np.isin(nxt, _IPV6_EXT)
-    while walking.any():  # ends: each header is at least 8 bytes and must lie within the capture
-        inside = walking & b.has(ext_off, 8)
-        v6_ext_cut |= walking & ~inside
-        walking = inside
-        frag = walking & (nxt == 44)
-        v6_frag_w = np.where(frag, b.u16(ext_off + 2), v6_frag_w)
-        v6_frag_id = np.where(frag, b.u32(ext_off + 4), v6_frag_id)
-        v6_has_frag |= frag
-        hlen = np.where(nxt == 51, (b.u8(ext_off + 1).astype(np.int64) + 2) * 4,
-                        np.where(nxt == 44, 8, (b.u8(ext_off + 1).astype(np.int64) + 1) * 8))
-        nxt = np.where(walking, b.u8(ext_off), nxt)
-        ext_off = np.where(walking, ext_off + hlen, ext_off)
-        walking &= np.isin(nxt, _IPV6_EXT)
+    walking = np.flatnonzero(is6 & np.isin(nxt, _IPV6_EXT))  # only these packets are walked
+    while len(walking):  # ends: each header is at least 8 bytes and must lie within the capture
+        off = ext_off[walking]
+        inside = (off + 8 <= b.cap[walking])
+        v6_ext_cut[walking[~inside]] = True
+        walking, off = walking[inside], off[inside]
+        h = _Window(b.rows[np.clip(b.start[walking] + off, 0, b.last), :8])
+        cur = nxt[walking]
+        frag = cur == 44
+        v6_frag_w[walking[frag]] = h.u16(2)[frag]
+        v6_frag_id[walking[frag]] = h.u32(4)[frag]
+        v6_has_frag[walking[frag]] = True
+        hlen = np.where(cur == 51, (h.u8(1).astype(np.int64) + 2) * 4,
+                        np.where(frag, 8, (h.u8(1).astype(np.int64) + 1) * 8))
+        nxt[walking] = h.u8(0)
+        ext_off[walking] = off + hlen
+        walking = walking[np.isin(nxt[walking], _IPV6_EXT)]
 
     ip = is4 | is6
     ip_version = np.where(is4, 4, 6)
@@ -292,13 +309,14 @@ def decode(batch: RawBatch) -> pa.RecordBatch:
     udp = first_frag & (ip_proto == 17) & b.has(l4, 8)
     icmp = first_frag & (((ip_proto == 1) & is4) | ((ip_proto == 58) & is6)) & b.has(l4, 2)
     ports = tcp | udp
-    src_port = b.u16(l4)
-    dst_port = b.u16(l4 + 2)
-    tcp_seq = b.u32(l4 + 4)
-    tcp_ack = b.u32(l4 + 8)
-    doff_byte = b.u8(l4 + 12)
-    tcp_flags = ((doff_byte & 1) << 8) | b.u8(l4 + 13)
-    tcp_window = b.u16(l4 + 14)
+    t = b.window(l4, 16)
+    src_port = t.u16(0)
+    dst_port = t.u16(2)
+    tcp_seq = t.u32(4)
+    tcp_ack = t.u32(8)
+    doff_byte = t.u8(12)
+    tcp_flags = ((doff_byte & 1) << 8) | t.u8(13)
+    tcp_window = t.u16(14)
     tcp_hlen = (doff_byte >> 4).astype(np.int64) * 4
     # A data offset under 5 words is bogus: like tshark, keep the ports and sequence number
     # (fixed positions before it) and nothing that depends on trusting the header.
@@ -324,9 +342,7 @@ def decode(batch: RawBatch) -> pa.RecordBatch:
         head,
         captured_payload,
     )
-    app = pa.DictionaryArray.from_arrays(
-        pa.array(app_codes.astype(np.int32)), pa.array(list(APP_LABELS), type=pa.string())
-    )
+    app = app_dictionary(app_codes)
 
     def col(values, valid, typ):
         return pa.array(np.asarray(values).astype(typ.to_pandas_dtype()), type=typ, mask=~valid)
@@ -356,8 +372,8 @@ def decode(batch: RawBatch) -> pa.RecordBatch:
         "tcp_seq": col(tcp_seq, tcp, pa.uint32()),
         "tcp_ack": col(tcp_ack, tcp_ok, pa.uint32()),
         "tcp_window": col(tcp_window, tcp_ok, pa.uint16()),
-        "icmp_type": col(b.u8(l4), icmp, pa.uint8()),
-        "icmp_code": col(b.u8(l4 + 1), icmp, pa.uint8()),
+        "icmp_type": col(t.u8(0), icmp, pa.uint8()),
+        "icmp_code": col(t.u8(1), icmp, pa.uint8()),
         "arp_op": col(arp_op, arp, pa.uint16()),
         "l4_hdr_len": col(l4_hdr_len, l4_known, pa.uint32()),
         "payload_len": col(payload_len, l4_known, pa.uint32()),
