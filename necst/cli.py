@@ -131,6 +131,70 @@ def evaluate(
                        f"(0.5 = indistinguishable)")
     typer.echo(f"report -> {out / 'report.html'} ({time.perf_counter() - started:.1f} s)")
 
+detect_app = typer.Typer(help="The autoencoder anomaly detector: train on normal traffic, score captures.",
+                         no_args_is_help=True)
+app.add_typer(detect_app, name="detect")
+
+
+@detect_app.command("train")
+@clean_errors
+def detect_train(
+    captures: List[Path] = typer.Argument(..., help="Captures (or dataset folders) of normal traffic."),
+    out: Path = typer.Option(..., "--out", "-o", help="Detector folder to write."),
+    mode: str = typer.Option("window", help="Units scored: window, flow or packet."),
+    detector: str = typer.Option("autoencoder", help="autoencoder, isolation_forest or lof."),
+    threshold: str = typer.Option("quantile", help="quantile, gaussian_fit or evt."),
+    q: float = typer.Option(0.999, help="Quantile of normal scores (threshold quantile)."),
+    min_consecutive: int = typer.Option(2, help="Flag only runs of this many units (overlapping windows: an event spans 2)."),
+    cooldown: int = typer.Option(0, help="Alerts fewer units apart merge into one."),
+    min_attack_windows: int = typer.Option(3, help="Flagged units that make a capture an attack."),
+    seed: int = typer.Option(0, help="Seed for every random step."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing detector folder."),
+) -> None:
+    """Learn normal traffic from captures and save the detector bundle."""
+    from necst.detect.api import train
+
+    det = train(captures, out, mode=mode, detector=detector, threshold=threshold, q=q,
+                min_consecutive=min_consecutive, cooldown=cooldown,
+                min_attack_windows=min_attack_windows, seed=seed, force=force)
+    typer.echo(f"{det.kind} ({det.mode} mode) trained on {det.n_train_units_} units, threshold "
+               f"{det.threshold_['threshold']:.6g} ({det.threshold_['method']}) -> {out}")
+
+
+@detect_app.command("score")
+@clean_errors
+def detect_score(
+    capture: Path = typer.Argument(..., help="Capture (or dataset folder) to score."),
+    detector: Path = typer.Option(..., "--detector", "-d", help="Detector folder from `necst detect train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report JSON; the CSV of every unit goes beside it."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing reports."),
+) -> None:
+    """Score a capture: report.json (decision, top units, explanations) and report.csv."""
+    from necst.detect.api import score_capture
+
+    rep = score_capture(capture, detector, out, force=force)
+    typer.echo(f"{rep['decision']}: {rep['anomalous_units']} of {rep['total_units']} {rep['mode']} units "
+               f"over threshold {rep['threshold']:.6g} -> {out}")
+
+
+@detect_app.command("live")
+@clean_errors
+def detect_live(
+    iface: str = typer.Option(..., "--iface", "-i", help="Interface to sniff."),
+    duration: float = typer.Option(..., "--duration", help="Seconds to listen."),
+    detector: Path = typer.Option(..., "--detector", "-d", help="Detector folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report JSON (CSV beside it)."),
+    batch_s: float = typer.Option(2.0, help="Seconds of traffic scored per batch."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing reports."),
+) -> None:
+    """Sniff an interface, score batch by batch, print alerts as they happen."""
+    from necst.detect.live import run_live
+
+    rep = run_live(iface, duration, detector, out, batch_s=batch_s, force=force,
+                   on_alert=lambda line: typer.echo(line))
+    typer.echo(f"{rep['decision']}: {rep['anomalous_units']} of {rep['total_units']} units, "
+               f"{rep['packets']} packets -> {out}")
+
 
 def main() -> None:
     app()
