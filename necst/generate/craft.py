@@ -1,0 +1,634 @@
+"""Crafting: per-packet fields -> valid Ethernet frames, whole arrays at a time (no Scapy).
+
+Two stages, so that a streamed generator can hold packets as fields (not bytes) while it
+merges flows that overlap in time:
+
+1. :func:`plan_packets` takes whole flows (a per-packet table and a per-flow table), repairs
+   what would make an invalid TCP conversation, and fills every header field: addresses,
+   ports, TTL, window, IPv4 id, TCP sequence and acknowledgement numbers, ICMP id/seq, ARP op.
+2. :func:`build_frames` lays any selection of planned packets, in the order given, into one
+   byte buffer in the writer's record layout (pcap or pcapng), with IPv4 header, TCP, UDP,
+   ICMP and ICMPv6 checksums computed as array sums.
+
+Inputs of :func:`plan_packets`
+------------------------------
+``packets`` (DataFrame or mapping of arrays), one row per packet: ``flow`` (row of ``flows``),
+``ts_ns`` (int64), ``direction`` (0 initiator -> responder, 1 back), ``tcp_flags`` (9-bit,
+FIN=0x001 SYN=0x002 RST=0x004 PSH=0x008 ACK=0x010), ``payload_len`` (bytes after the
+transport header); optional ``pos`` (order inside the flow; else the given order).
+
+``flows``, one row per flow: ``kind`` (``tcp``, ``udp``, ``icmp``, ``arp``), ``ip_version``
+(4 or 6), ``src_ip``/``dst_ip`` (strings), ``src_mac``/``dst_mac`` (``aa:bb:..``),
+``src_port``/``dst_port``, ``ttl_src``/``ttl_dst`` and ``win_src``/``win_dst`` (the TTL and TCP
+window of packets sent by the initiator / by the responder); optional ``app``.
+
+TCP repair rules (as little change as possible; counted in ``PacketFields.repairs``)
+-----------------------------------------------------------------------------------
+1. Handshake. The first packets are matched in order against SYN (initiator, no ACK),
+   SYN+ACK (responder) and ACK (initiator, no SYN/RST; may carry data). A packet that matches
+   is kept; for each step that does not match, a zero-payload packet with exactly that flag
+   set is inserted before it, at its timestamp. SYN and SYN+ACK carry no payload.
+2. After the handshake, SYN is cleared and ACK set on every packet.
+3. RST only on the last packet of a flow (cleared elsewhere); a RST carries no payload, FIN
+   or PSH.
+4. Each direction sends at most one FIN: its last one is kept, earlier ones cleared; packets
+   that direction sends after its FIN carry no payload.
+5. A flow with neither FIN nor RST gets FIN on its last packet (it closes with FIN/ACK).
+6. A window of 0 becomes 1 (a zero window is an event Wireshark flags).
+
+Other repairs (all kinds): 7. a non-empty TCP or UDP payload to a port whose dissector needs a
+minimum message (DNS and mDNS/LLMNR/NBNS 12 bytes, NTP 48, DHCP 240, SSH 16) is raised to it; a
+payload larger than IP allows is clipped. Over TCP port 53 each segment carries one
+length-prefixed DNS message (Wireshark rejects the zero length prefix of zero bytes).
+
+Sequence numbers start from a seeded random ISN per flow and direction and advance by
+payload bytes, plus one for SYN and for FIN; every ACK acknowledges all that the other
+direction sent before it, so nothing is ever unseen or missing. Timestamps inside a flow
+never go back (a running maximum); the ICMP echo sequence counts the initiator's requests,
+the reply echoing the last one. ICMP of every type is crafted as echo request (initiator) /
+echo reply (responder): other types need an embedded packet that the tables do not hold.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from necst.capture.writer import FrameBatch, LINKTYPE_ETHERNET, record_sizes
+from necst.errors import NecstError
+
+FIN, SYN, RST, PSH, ACK = 0x001, 0x002, 0x004, 0x008, 0x010
+KINDS = ("tcp", "udp", "icmp", "arp")
+TCP, UDP, ICMP, ARP = range(4)
+ETH_LEN, IP4_LEN, IP6_LEN, TCP_LEN, UDP_LEN, ICMP_LEN, ARP_LEN = 14, 20, 40, 20, 8, 8, 28
+MAX_IP_PAYLOAD = 65535
+PAYLOAD_MODES = ("zeros", "app")
+# port -> least non-empty payload that Wireshark's dissector for that port accepts (TCP or UDP;
+# over TCP, DNS adds its 2-byte length prefix)
+_MIN_PAYLOAD = {53: 12, 5353: 12, 5355: 12, 137: 12, 123: 48, 67: 240, 68: 240, 22: 16}
+
+
+# --------------------------------------------------------------------------------------------
+# planned packets
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PacketFields:
+    """Every header field of a set of packets, one numpy array per field (2-D for addresses)."""
+
+    cols: dict[str, np.ndarray]
+    apps: list[str] = field(default_factory=list)
+    repairs: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.cols["ts_ns"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.cols[name]
+
+    def take(self, idx: np.ndarray) -> "PacketFields":
+        return PacketFields({k: v[idx] for k, v in self.cols.items()}, self.apps, dict(self.repairs))
+
+    def time_order(self) -> np.ndarray:
+        """Indices ordering packets by time, ties kept in flow order (stable)."""
+        return np.lexsort((self.cols["pos"], self.cols["flow"], self.cols["ts_ns"]))
+
+    @staticmethod
+    def concat(parts: list["PacketFields"]) -> "PacketFields":
+        parts = [p for p in parts if p is not None]
+        if len(parts) == 1:
+            return parts[0]
+        apps = sorted({a for p in parts for a in p.apps})
+        code = {a: i for i, a in enumerate(apps)}
+        cols = {}
+        for k in parts[0].cols:
+            if k == "app":
+                cols[k] = np.concatenate([np.asarray([code[a] for a in p.apps], np.int16)[p.cols[k]]
+                                          if len(p.apps) else p.cols[k] for p in parts])
+            else:
+                cols[k] = np.concatenate([p.cols[k] for p in parts])
+        repairs: dict[str, int] = {}
+        for p in parts:
+            for k, v in p.repairs.items():
+                repairs[k] = repairs.get(k, 0) + v
+        return PacketFields(cols, apps, repairs)
+
+
+def _column(table, name: str, default=None, required: bool = True) -> np.ndarray | None:
+    if isinstance(table, pd.DataFrame):
+        if name in table.columns:
+            return table[name].to_numpy()
+    elif name in table:
+        return np.asarray(table[name])
+    if required and default is None:
+        raise NecstError(f"craft: missing column {name!r}")
+    return default
+
+
+def _parse_ips(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Strings -> (n, 16) bytes (IPv4 in the first 4) and versions, parsing distinct values once."""
+    uniq, inv = np.unique(values.astype(str), return_inverse=True)
+    out = np.zeros((len(uniq), 16), np.uint8)
+    ver = np.zeros(len(uniq), np.uint8)
+    for i, s in enumerate(uniq):
+        try:
+            a = ipaddress.ip_address(s)
+        except ValueError:
+            raise NecstError(f"craft: not an IP address: {s!r}") from None
+        b = a.packed
+        out[i, :len(b)] = np.frombuffer(b, np.uint8)
+        ver[i] = a.version
+    return out[inv], ver[inv]
+
+
+def _parse_macs(values: np.ndarray) -> np.ndarray:
+    """'aa:bb:cc:dd:ee:ff' strings -> (n, 6) bytes, as one array operation over the distinct values."""
+    uniq, inv = np.unique(values.astype(str), return_inverse=True)
+    raw = np.char.lower(uniq.astype("U17")).astype("S17")
+    b = np.frombuffer(raw.tobytes(), np.uint8).reshape(len(uniq), 17) if len(uniq) else np.zeros((0, 17), np.uint8)
+    digit = np.where(b >= ord("a"), b - ord("a") + 10, b - ord("0")).astype(np.int64)
+    hexpos = np.array([0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16])
+    seps = b[:, [2, 5, 8, 11, 14]]
+    ok = (np.char.str_len(uniq.astype(str)) == 17) & ((seps == ord(":")) | (seps == ord("-"))).all(axis=1)
+    ok &= ((digit[:, hexpos] >= 0) & (digit[:, hexpos] < 16)).all(axis=1)
+    if not ok.all():
+        raise NecstError(f"craft: not a MAC address: {uniq[~ok][0]!r}")
+    out = (digit[:, hexpos[0::2]] * 16 + digit[:, hexpos[1::2]]).astype(np.uint8)
+    return out[inv]
+
+
+def _grouped_exclusive_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Cumulative sum before each row, restarting at each group (rows grouped contiguously)."""
+    inc = np.cumsum(values, dtype=np.int64)
+    exc = inc - values
+    return exc - exc[starts]
+
+
+def _flow_starts(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: index of its flow's first row; and each flow's (first row) for rows grouped by flow."""
+    change = np.ones(len(flow), bool)
+    change[1:] = flow[1:] != flow[:-1]
+    firsts = np.flatnonzero(change)
+    group = np.cumsum(change) - 1
+    return firsts[group], firsts
+
+
+def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs):
+    """Apply the TCP repair rules (module docstring) to rows grouped by flow; returns new arrays."""
+    row_first, firsts = _flow_starts(flow)
+    counts = np.diff(np.append(firsts, len(flow)))
+    tcp_flow = tcp_row[firsts]
+    ptr = firsts[tcp_flow].copy()
+    end = ptr + counts[tcp_flow]
+    fid = flow[ptr]
+    ins_pos, ins_t, ins_flow, ins_ts = [], [], [], []
+    core = SYN | ACK | RST | FIN
+    for t in range(3):
+        valid = ptr < end
+        p = np.minimum(ptr, len(flow) - 1)
+        if t == 0:
+            m = (d[p] == 0) & ((fl[p] & core) == SYN)
+        elif t == 1:
+            m = (d[p] == 1) & ((fl[p] & core) == SYN | ACK)
+        else:
+            m = (d[p] == 0) & ((fl[p] & ACK) != 0) & ((fl[p] & (SYN | RST)) == 0)
+        miss = ~(m & valid)
+        ins_pos.append(ptr[miss])
+        ins_t.append(np.full(int(miss.sum()), t))
+        ins_flow.append(fid[miss])
+        ins_ts.append(ts[np.where(valid, ptr, ptr - 1)[miss]])  # at the next packet's time, or the last's
+        ptr = ptr + (m & valid)
+    pos, tmpl, i_flow, i_ts = (np.concatenate(x) for x in (ins_pos, ins_t, ins_flow, ins_ts))
+    order = np.lexsort((tmpl, i_flow, pos))  # np.insert keeps this order among equal positions
+    pos, tmpl, i_flow, i_ts = pos[order], tmpl[order], i_flow[order], i_ts[order]
+    repairs["handshake_inserted"] = int(len(pos))
+    src = np.arange(len(flow))
+    if len(pos):
+        src = np.insert(src, pos, -1)
+        new = src < 0
+        flow = np.insert(flow, pos, i_flow)
+        ts = np.insert(ts, pos, i_ts)
+        d = np.insert(d, pos, np.array([0, 1, 0])[tmpl])
+        fl = np.insert(fl, pos, np.array([SYN, SYN | ACK, ACK])[tmpl])
+        pl = np.insert(pl, pos, 0)
+        tcp_row = np.insert(tcp_row, pos, True)
+        del new
+    row_first, firsts = _flow_starts(flow)
+    pos_in = np.arange(len(flow)) - row_first
+    last = np.zeros(len(flow), bool)
+    last[np.append(firsts[1:] - 1, len(flow) - 1)] = True
+    before = fl.copy()
+    t = tcp_row
+    zero_pl = t & (pos_in <= 1) & (pl > 0)
+    # rule 2
+    fl = np.where(t & (pos_in >= 2), fl & ~SYN, fl)
+    fl = np.where(t & (pos_in >= 1), fl | ACK, fl)
+    # rule 3
+    fl = np.where(t & ~last, fl & ~RST, fl)
+    rst = t & last & ((fl & RST) != 0)
+    fl = np.where(rst, fl & ~(FIN | PSH), fl)
+    zero_pl |= rst & (pl > 0)
+    # rule 4
+    fin_rows = np.flatnonzero(t & ((fl & FIN) != 0))
+    key = flow.astype(np.int64) * 2 + d
+    if len(fin_rows):
+        k = key[fin_rows]
+        # the last FIN row per (flow, direction): rows are in order, so the final occurrence wins
+        uk, rev_idx = np.unique(k[::-1], return_index=True)
+        lf_rows = fin_rows[::-1][rev_idx]
+        table_key, table_row = uk, lf_rows
+        loc = np.searchsorted(table_key, key)
+        loc = np.minimum(loc, len(table_key) - 1)
+        has = t & (table_key[loc] == key)
+        lf = np.where(has, table_row[loc], -1)
+        earlier_fin = has & (np.arange(len(flow)) < lf) & ((fl & FIN) != 0)
+        fl = np.where(earlier_fin, fl & ~FIN, fl)
+        after = has & (np.arange(len(flow)) > lf)
+        zero_pl |= after & (pl > 0)
+        fl = np.where(after, fl & ~PSH, fl)
+    # rule 5
+    has_close = np.zeros(len(flow), bool)
+    closing = t & ((fl & (FIN | RST)) != 0)
+    per_flow = np.add.reduceat(closing.astype(np.int64), firsts) > 0
+    has_close = per_flow[np.cumsum(np.r_[True, flow[1:] != flow[:-1]]) - 1]
+    fl = np.where(t & last & ~has_close, fl | FIN | ACK, fl)
+    repairs["flags_changed"] = int(((fl != before) & (src >= 0)).sum())
+    repairs["payload_zeroed"] = int((zero_pl & (src >= 0)).sum())
+    pl = np.where(zero_pl, 0, pl)
+    return flow, d, fl, pl, ts, tcp_row, src
+
+
+def plan_packets(packets, flows, *, seed: int = 0) -> PacketFields:
+    """Repair and fill every header field of whole flows (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    flow = np.asarray(_column(packets, "flow"), np.int64)
+    n_flows = len(flows)
+    if len(flow) and (flow.min() < 0 or flow.max() >= n_flows):
+        raise NecstError("craft: packet flow index outside the flow table")
+    ts = np.asarray(_column(packets, "ts_ns"), np.int64)
+    d = np.asarray(_column(packets, "direction"), np.int64) & 1
+    fl = np.asarray(_column(packets, "tcp_flags", np.zeros(len(flow))), np.int64) & 0x1FF
+    pl = np.maximum(np.asarray(_column(packets, "payload_len"), np.int64), 0)
+    given_pos = _column(packets, "pos", required=False)
+    keys = (np.arange(len(flow)) if given_pos is None else np.asarray(given_pos, np.int64), flow)
+    order = np.lexsort(keys)
+    flow, ts, d, fl, pl = flow[order], ts[order], d[order], fl[order], pl[order]
+
+    kind_names = np.asarray(_column(flows, "kind")).astype(str)
+    kind = np.full(n_flows, -1, np.int64)
+    for i, k in enumerate(KINDS):
+        kind[kind_names == k] = i
+    if (kind < 0).any():
+        bad = sorted(set(kind_names[kind < 0]))
+        raise NecstError(f"craft: unknown flow kind {bad[0]!r} (use tcp, udp, icmp or arp)")
+    repairs: dict[str, int] = {}
+    tcp_row = kind[flow] == TCP
+    if len(flow):
+        flow, d, fl, pl, ts, tcp_row, _ = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs)
+    n = len(flow)
+    row_first, firsts = _flow_starts(flow) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    pos = np.arange(n) - row_first
+    ts = pd.Series(ts).groupby(flow, sort=False).cummax().to_numpy() if n else ts
+    kp = kind[flow]
+
+    src_ip, ver_s = _parse_ips(np.asarray(_column(flows, "src_ip")))
+    dst_ip, ver_d = _parse_ips(np.asarray(_column(flows, "dst_ip")))
+    ipver = np.where(kind == ARP, 4, ver_s)
+    if ((ver_s != ver_d) & (kind != ARP)).any():
+        raise NecstError("craft: a flow mixes IPv4 and IPv6 addresses")
+    if ((kind == ARP) & (ver_s != 4)).any():
+        raise NecstError("craft: ARP needs IPv4 addresses")
+    src_mac = _parse_macs(np.asarray(_column(flows, "src_mac")))
+    dst_mac = _parse_macs(np.asarray(_column(flows, "dst_mac")))
+    zeros = np.zeros(n_flows, np.int64)
+    sport = np.nan_to_num(np.asarray(_column(flows, "src_port", zeros), float)).astype(np.int64) & 0xFFFF
+    dport = np.nan_to_num(np.asarray(_column(flows, "dst_port", zeros), float)).astype(np.int64) & 0xFFFF
+    ttl_s = np.asarray(_column(flows, "ttl_src", zeros + 64), np.int64)
+    ttl_d = np.asarray(_column(flows, "ttl_dst", zeros + 64), np.int64)
+    win_s = np.asarray(_column(flows, "win_src", zeros + 65535), np.int64)
+    win_d = np.asarray(_column(flows, "win_dst", zeros + 65535), np.int64)
+    app_names = _column(flows, "app", required=False)
+    if app_names is None:
+        apps, app_code = ["unknown"], np.zeros(n_flows, np.int16)
+    else:
+        apps_u, app_code = np.unique(pd.Series(app_names).fillna("unknown").astype(str).to_numpy(),
+                                     return_inverse=True)
+        apps, app_code = list(apps_u), app_code.astype(np.int16)
+
+    fwd = d == 0
+    v6 = ipver[flow] == 6
+    l4_len = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], 0)
+    ip_len = np.where(kp == ARP, ARP_LEN, np.where(v6, IP6_LEN, IP4_LEN))
+    cap = np.where(kp == ARP, MAX_IP_PAYLOAD, MAX_IP_PAYLOAD - np.where(v6, 0, IP4_LEN) - l4_len)
+    # rule 7: a non-empty payload to a port whose dissector needs a minimum message is raised to it
+    sp_f, dp_f = sport[flow], dport[flow]
+    floor = np.zeros(n, np.int64)
+    for port, least in _MIN_PAYLOAD.items():
+        hit = ((kp == UDP) | (kp == TCP)) & ((sp_f == port) | (dp_f == port))
+        least = np.where((kp == TCP) & (port == 53), least + 2, least)
+        floor = np.where(hit, np.maximum(floor, least), floor)
+    raise_ = (pl > 0) & (pl < floor)
+    repairs["payload_raised"] = int(raise_.sum())
+    pl = np.where(raise_, floor, pl)
+    clipped = pl > cap
+    repairs["payload_clipped"] = int(clipped.sum())
+    pl = np.minimum(pl, cap)
+
+    # per (flow, direction) counters, for ip id, seq/ack and icmp seq
+    is0 = fwd.astype(np.int64)
+    is1 = 1 - is0
+    c0 = _grouped_exclusive_cumsum(is0, row_first) if n else is0
+    c1 = _grouped_exclusive_cumsum(is1, row_first) if n else is1
+    rank = np.where(fwd, c0, c1)
+    consumed = np.where(kp == TCP, pl + ((fl & SYN) != 0) + ((fl & FIN) != 0), 0)
+    s0 = _grouped_exclusive_cumsum(consumed * is0, row_first) if n else consumed
+    s1 = _grouped_exclusive_cumsum(consumed * is1, row_first) if n else consumed
+    isn = rng.integers(0, 1 << 32, size=(n_flows, 2), dtype=np.int64)
+    id_base = rng.integers(0, 1 << 16, size=(n_flows, 2), dtype=np.int64)
+    icmp_id = rng.integers(0, 1 << 16, size=n_flows, dtype=np.int64)
+    label = rng.integers(0, 1 << 20, size=(n_flows, 2), dtype=np.int64)
+    seq = (isn[flow, d] + np.where(fwd, s0, s1)) & 0xFFFFFFFF
+    ack = np.where((fl & ACK) != 0, (isn[flow, 1 - d] + np.where(fwd, s1, s0)) & 0xFFFFFFFF, 0)
+    win = np.where(fwd, win_s[flow], win_d[flow])
+    repairs["window_raised"] = int(((win <= 0) & (kp == TCP)).sum())
+    win = np.clip(win, 1, 0xFFFF)
+    icmp_seq = (c0 + is0) & 0xFFFF
+
+    cols = {
+        "ts_ns": ts, "flow": flow, "pos": pos, "direction": d.astype(np.uint8),
+        "kind": kp.astype(np.uint8), "ip_version": ipver[flow].astype(np.uint8),
+        "tcp_flags": fl.astype(np.uint16), "payload_len": pl.astype(np.int64),
+        "ip_src": np.where(fwd[:, None], src_ip[flow], dst_ip[flow]),
+        "ip_dst": np.where(fwd[:, None], dst_ip[flow], src_ip[flow]),
+        "mac_src": np.where(fwd[:, None], src_mac[flow], dst_mac[flow]),
+        "mac_dst": np.where(fwd[:, None], dst_mac[flow], src_mac[flow]),
+        "sport": np.where(fwd, sport[flow], dport[flow]).astype(np.uint16),
+        "dport": np.where(fwd, dport[flow], sport[flow]).astype(np.uint16),
+        "ttl": np.clip(np.where(fwd, ttl_s[flow], ttl_d[flow]), 1, 255).astype(np.uint8),
+        "window": win.astype(np.uint16),
+        "seq": seq.astype(np.uint32), "ack": ack.astype(np.uint32),
+        "ip_id": ((id_base[flow, d] + rank) & 0xFFFF).astype(np.uint16),
+        "flow_label": label[flow, d].astype(np.uint32),
+        "icmp_id": icmp_id[flow].astype(np.uint16), "icmp_seq": icmp_seq.astype(np.uint16),
+        "app": app_code[flow] if n else np.zeros(0, np.int16),
+        "first_in_dir": (rank == 0) & (pl > 0),
+    }
+    del ip_len
+    return PacketFields(cols, apps, repairs)
+
+
+# --------------------------------------------------------------------------------------------
+# frames
+# --------------------------------------------------------------------------------------------
+_ETH = np.dtype([("dst", "u1", 6), ("src", "u1", 6), ("type", ">u2")])
+_IP4 = np.dtype([("vihl", "u1"), ("tos", "u1"), ("total", ">u2"), ("id", ">u2"), ("frag", ">u2"),
+                 ("ttl", "u1"), ("proto", "u1"), ("csum", ">u2"), ("src", "u1", 4), ("dst", "u1", 4)])
+_IP6 = np.dtype([("vtf", ">u4"), ("plen", ">u2"), ("nh", "u1"), ("hlim", "u1"),
+                 ("src", "u1", 16), ("dst", "u1", 16)])
+_TCP = np.dtype([("sport", ">u2"), ("dport", ">u2"), ("seq", ">u4"), ("ack", ">u4"), ("offflags", ">u2"),
+                 ("win", ">u2"), ("csum", ">u2"), ("urg", ">u2")])
+_UDP = np.dtype([("sport", ">u2"), ("dport", ">u2"), ("len", ">u2"), ("csum", ">u2")])
+_ICMP = np.dtype([("type", "u1"), ("code", "u1"), ("csum", ">u2"), ("id", ">u2"), ("seq", ">u2")])
+_ARP = np.dtype([("htype", ">u2"), ("ptype", ">u2"), ("hlen", "u1"), ("plen", "u1"), ("op", ">u2"),
+                 ("sha", "u1", 6), ("spa", "u1", 4), ("tha", "u1", 6), ("tpa", "u1", 4)])
+_PROTO = {TCP: 6, UDP: 17}
+
+
+def _bytes(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint8).reshape(len(a), a.dtype.itemsize)
+
+
+def _word_sum(b: np.ndarray) -> np.ndarray:
+    """Ones-complement sum (unfolded) of each row of a (n, even width) byte matrix."""
+    b = np.ascontiguousarray(b)
+    return b.view(">u2").sum(axis=1, dtype=np.uint64)
+
+
+def _fold(s: np.ndarray) -> np.ndarray:
+    s = s.astype(np.uint64)
+    for _ in range(3):
+        s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
+    return (~s & np.uint64(0xFFFF)).astype(np.uint16)
+
+
+class Arena:
+    """A byte buffer reused from batch to batch: touching fresh memory costs more than crafting."""
+
+    def __init__(self):
+        self.buf = np.zeros(0, np.uint8)
+
+    def get(self, size: int) -> np.ndarray:
+        if len(self.buf) < size:
+            self.buf = np.zeros(int(size * 1.25) + 4096, np.uint8)
+            return self.buf
+        view = self.buf[:size]
+        view[:] = 0  # payloads are zeros unless written
+        return view
+
+
+def build_frames(fields: PacketFields, *, layout: str = "pcap", payload: str = "zeros",
+                 arena: Arena | None = None) -> FrameBatch:
+    """Ethernet frames of ``fields`` in the given order, inside ``layout`` records (headers left blank).
+
+    With an ``arena``, the frames live in its buffer, valid until its next use.
+    """
+    if payload not in PAYLOAD_MODES:
+        raise NecstError(f"craft: unknown payload mode {payload!r} (use zeros or app)")
+    n = len(fields)
+    kp = fields["kind"].astype(np.int64)
+    v6 = fields["ip_version"] == 6
+    pl = fields["payload_len"]
+    l4 = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], 0)
+    l3 = np.where(kp == ARP, ARP_LEN, np.where(v6, IP6_LEN, IP4_LEN))
+    frame = ETH_LEN + l3 + l4 + pl
+    head, total = record_sizes(frame, layout)
+    starts = np.concatenate([[0], np.cumsum(total)[:-1]]).astype(np.int64)
+    size = int(total.sum())
+    buf = arena.get(size + 64) if arena is not None else np.zeros(size + 64, np.uint8)
+    off = starts + head
+    payload_rows = _payload_bytes(fields, payload)
+
+    # the payload's contribution to the transport checksum, per packet
+    pay_sum = np.zeros(n, np.uint64)
+    for rows, mat in payload_rows:
+        start = off[rows] + ETH_LEN + l3[rows] + l4[rows]
+        w = mat.shape[1]
+        buf[(start[:, None] + np.arange(w)).ravel()] = mat.ravel()
+        pay_sum[rows] += _word_sum(mat)
+
+    for ver in (4, 6):
+        for k in (TCP, UDP, ICMP, ARP):
+            if k == ARP and ver == 6:
+                continue
+            sel = np.flatnonzero((kp == k) & ((fields["ip_version"] == ver) | (k == ARP)))
+            if len(sel) == 0:
+                continue
+            mat = _headers(fields, sel, ver, k, pay_sum[sel])
+            w = mat.shape[1]
+            buf[(off[sel][:, None] + np.arange(w)).ravel()] = mat.ravel()
+
+    return FrameBatch(data=buf, offsets=off, cap_len=frame.astype(np.uint32), wire_len=frame.astype(np.uint32),
+                      ts_ns=fields["ts_ns"].astype(np.int64), linktype=np.full(n, LINKTYPE_ETHERNET, np.uint16),
+                      pad=64, layout=layout, record_start=0, record_end=size)
+
+
+def _headers(f: PacketFields, sel: np.ndarray, ver: int, k: int, pay_sum: np.ndarray) -> np.ndarray:
+    """The (m, width) header bytes (Ethernet + IP + transport, or Ethernet + ARP) of rows ``sel``."""
+    m = len(sel)
+    pl = f["payload_len"][sel]
+    fwd = f["direction"][sel] == 0
+    eth = np.zeros(m, _ETH)
+    eth["src"] = f["mac_src"][sel]
+    eth["dst"] = f["mac_dst"][sel]
+    if k == ARP:
+        eth["type"] = 0x0806
+        eth["dst"][fwd] = 0xFF  # a request goes to the broadcast address
+        arp = np.zeros(m, _ARP)
+        arp["htype"], arp["ptype"], arp["hlen"], arp["plen"] = 1, 0x0800, 6, 4
+        arp["op"] = np.where(fwd, 1, 2)
+        arp["sha"] = f["mac_src"][sel]
+        arp["spa"] = f["ip_src"][sel][:, :4]
+        arp["tha"] = np.where(fwd[:, None], 0, f["mac_dst"][sel])
+        arp["tpa"] = f["ip_dst"][sel][:, :4]
+        return np.hstack([_bytes(eth), _bytes(arp)])
+    l4_len = {TCP: TCP_LEN, UDP: UDP_LEN, ICMP: ICMP_LEN}[k]
+    seg_len = l4_len + pl
+    if ver == 4:
+        proto = _PROTO.get(k, 1)
+    else:
+        proto = _PROTO.get(k, 58)
+    src = f["ip_src"][sel][:, :4 if ver == 4 else 16]
+    dst = f["ip_dst"][sel][:, :4 if ver == 4 else 16]
+    # pseudo-header: addresses, protocol, transport length (IPv4: 16-bit; IPv6: 32-bit; same sum);
+    # ICMP over IPv4 has none.
+    pseudo = _word_sum(src) + _word_sum(dst) + np.uint64(proto) + seg_len.astype(np.uint64)
+    if k == ICMP and ver == 4:
+        pseudo = np.zeros(m, np.uint64)
+
+    if k == TCP:
+        t = np.zeros(m, _TCP)
+        t["sport"], t["dport"] = f["sport"][sel], f["dport"][sel]
+        t["seq"], t["ack"] = f["seq"][sel], f["ack"][sel]
+        t["offflags"] = (5 << 12) | f["tcp_flags"][sel].astype(np.int64)
+        t["win"] = f["window"][sel]
+    elif k == UDP:
+        t = np.zeros(m, _UDP)
+        t["sport"], t["dport"] = f["sport"][sel], f["dport"][sel]
+        t["len"] = seg_len
+    else:
+        t = np.zeros(m, _ICMP)
+        req, rep = (8, 0) if ver == 4 else (128, 129)
+        t["type"] = np.where(fwd, req, rep)
+        t["id"], t["seq"] = f["icmp_id"][sel], f["icmp_seq"][sel]
+    tb = _bytes(t)
+    csum = _fold(_word_sum(tb) + pseudo + pay_sum)
+    if k == UDP:
+        csum = np.where(csum == 0, 0xFFFF, csum)  # 0 means "no checksum" in UDP
+    t["csum"] = csum
+
+    eth["type"] = 0x0800 if ver == 4 else 0x86DD
+    if ver == 4:
+        ip = np.zeros(m, _IP4)
+        ip["vihl"] = 0x45
+        ip["total"] = IP4_LEN + seg_len
+        ip["id"] = f["ip_id"][sel]
+        ip["frag"] = np.where(k == TCP, 0x4000, 0)  # DF on TCP, as the common stacks set it
+        ip["ttl"] = f["ttl"][sel]
+        ip["proto"] = proto
+        ip["src"], ip["dst"] = src, dst
+        ip["csum"] = _fold(_word_sum(_bytes(ip)))
+    else:
+        ip = np.zeros(m, _IP6)
+        ip["vtf"] = (6 << 28) | f["flow_label"][sel].astype(np.int64)
+        ip["plen"] = seg_len
+        ip["nh"] = proto
+        ip["hlim"] = f["ttl"][sel]
+        ip["src"], ip["dst"] = src, dst
+    return np.hstack([_bytes(eth), _bytes(ip), _bytes(t)])
+
+
+# --------------------------------------------------------------------------------------------
+# application-plausible payload bytes
+# --------------------------------------------------------------------------------------------
+def _dns_message(length: int, response: bool) -> bytes | None:
+    """A DNS message of exactly ``length`` bytes: one question whose name fills the rest."""
+    name_len = length - 12 - 4  # header, qtype + qclass
+    if name_len < 3:
+        return None
+    labels, left = [], name_len - 1  # the root label's zero
+    while left > 0:
+        take = min(63, left - 1)
+        if take <= 0:
+            return None
+        labels.append(bytes([take]) + b"a" * take)
+        left -= take + 1
+    flags = 0x8180 if response else 0x0100
+    header = np.array([0x4E53, flags, 1, 0, 0, 0], ">u2").tobytes()
+    return header + b"".join(labels) + b"\x00" + b"\x00\x01\x00\x01"
+
+
+_HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: necst\r\nAccept: */*\r\n\r\n"
+
+
+def _payload_bytes(f: PacketFields, mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, byte matrix) pieces written at the start of payloads, each matrix of even width.
+
+    DNS messages fill the whole declared length; an HTTP request is written at the start of an
+    http client's first payload when it fits in full (the rest stays zero, as a body); TLS
+    payloads start with an application-data record header whose length covers the segment.
+    """
+    apps = {a: i for i, a in enumerate(f.apps)}
+    app = f["app"]
+    pl = f["payload_len"]
+    kp = f["kind"]
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    # In every mode: DNS over TCP (port 53) needs its 2-byte length prefix, else Wireshark calls
+    # the segment malformed; each segment carries one whole message.
+    rows = np.flatnonzero((kp == TCP) & ((f["sport"] == 53) | (f["dport"] == 53)) & (pl >= 2))
+    for length in np.unique(pl[rows]):
+        r = rows[pl[rows] == length]
+        msg = _dns_message(int(length) - 2, False) or bytes(int(length) - 2)
+        out.append((r, _even_matrix(np.array([length - 2], ">u2").tobytes() + msg, len(r))))
+    if mode != "app":
+        return out
+    covered = np.zeros(len(f), bool)  # one piece per packet: pieces must not overlap
+    for r, _ in out:
+        covered[r] = True
+    if "dns" in apps:
+        rows = np.flatnonzero((app == apps["dns"]) & (kp == UDP) & (pl >= 17) & ~covered)
+        for length in np.unique(pl[rows]):
+            for resp in (False, True):
+                r = rows[(pl[rows] == length) & ((f["direction"][rows] == 1) == resp)]
+                msg = _dns_message(int(length), resp)
+                if len(r) and msg is not None:
+                    out.append((r, _even_matrix(msg, len(r))))
+    for name in ("http", "http_proxy"):
+        if name in apps:
+            rows = np.flatnonzero((app == apps[name]) & (kp == TCP) & (f["direction"] == 0)
+                                  & f["first_in_dir"] & (pl >= len(_HTTP_REQUEST)) & ~covered)
+            if len(rows):
+                out.append((rows, _even_matrix(_HTTP_REQUEST, len(rows))))
+    for name in ("tls", "https", "ssl"):
+        if name in apps:
+            rows = np.flatnonzero((app == apps[name]) & (kp == TCP) & (pl >= 6) & (pl <= 5 + (1 << 14) + 256) & ~covered)
+            if len(rows):
+                hdr = np.zeros((len(rows), 6), np.uint8)
+                hdr[:, 0], hdr[:, 1], hdr[:, 2] = 0x17, 3, 3
+                rec = (pl[rows] - 5).astype(np.int64)
+                hdr[:, 3], hdr[:, 4] = rec >> 8, rec & 0xFF
+                out.append((rows, hdr))
+    return out
+
+
+def _even_matrix(b: bytes, rows: int) -> np.ndarray:
+    if len(b) % 2:
+        b += b"\x00"
+    return np.broadcast_to(np.frombuffer(b, np.uint8), (rows, len(b))).copy()
+
+
+def craft(packets, flows, *, seed: int = 0, payload: str = "zeros", layout: str = "pcap") -> FrameBatch:
+    """Plan and build whole flows at once, in time order: the one call for a batch of flows."""
+    fields = plan_packets(packets, flows, seed=seed)
+    return build_frames(fields.take(fields.time_order()), layout=layout, payload=payload)

@@ -1,0 +1,256 @@
+"""Crafting and writing: byte-exact reproducibility, repair rules, read-back, and tshark's verdict."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from necst.capture.reader import CaptureReader
+from necst.capture.writer import CaptureWriter, write_capture
+from necst.errors import NecstError, OutputExistsError
+from necst.generate.craft import ACK, FIN, PSH, RST, SYN, Arena, build_frames, craft, plan_packets
+from necst.process.decode import decode
+
+T0 = 1_700_000_000_000_000_000
+
+
+def make_tables(n_flows=300, seed=0, messy=True):
+    """Random flows of every kind with (if messy) flag sequences that need repair."""
+    rng = np.random.default_rng(seed)
+    kinds = rng.choice(["tcp", "udp", "icmp", "arp"], n_flows, p=[.6, .25, .1, .05])
+    v6 = (rng.random(n_flows) < 0.3) & (kinds != "arp")
+    src = [f"fd00::{i % 250 + 1:x}" if x else f"192.168.1.{i % 250 + 1}" for i, x in enumerate(v6)]
+    dst = [f"2001:db8::{i % 200 + 1:x}" if x else f"10.0.{i % 7}.{i % 200 + 1}" for i, x in enumerate(v6)]
+    tcp_ports = rng.choice([80, 443, 8883, 22, 53], n_flows)
+    udp_ports = rng.choice([53, 123, 5353, 1900, 443], n_flows)
+    flows = pd.DataFrame(dict(
+        kind=kinds, src_ip=src, dst_ip=dst,
+        src_mac=[f"02:00:00:00:{i // 256 % 256:02x}:{i % 256:02x}" for i in range(n_flows)],
+        dst_mac=[f"02:11:00:00:{i // 256 % 256:02x}:{i % 256:02x}" for i in range(n_flows)],
+        src_port=49152 + np.arange(n_flows), dst_port=np.where(kinds == "tcp", tcp_ports, udp_ports),
+        ttl_src=64, ttl_dst=rng.choice([64, 128, 255], n_flows),
+        win_src=rng.integers(0, 65536, n_flows), win_dst=29200,
+        app=rng.choice(["http", "tls", "dns", "unknown"], n_flows)))
+    npk = rng.integers(1, 30, n_flows)
+    flow = np.repeat(np.arange(n_flows), npk)
+    n = len(flow)
+    start = T0 + np.sort(rng.integers(0, 10**10, n_flows))
+    gaps = rng.exponential(2e7, n).astype(np.int64)
+    csum = gaps.cumsum()
+    first = np.cumsum(npk) - npk
+    ts = start[flow] + csum - np.repeat(csum[first] - gaps[first], npk)
+    flags = (rng.choice([0x10, 0x18, 0x02, 0x12, 0x11, 0x04, 0x14, 0x19], n,
+                        p=[.4, .3, .05, .05, .1, .03, .04, .03]) if messy else np.full(n, 0x18))
+    pl = np.where(rng.random(n) < 0.4, 0, rng.integers(1, 1500, n))
+    packets = pd.DataFrame(dict(flow=flow, ts_ns=ts, direction=rng.integers(0, 2, n),
+                                tcp_flags=flags, payload_len=pl))
+    return packets, flows
+
+
+def _read_back(path) -> pa.Table:
+    return pa.Table.from_batches([decode(b) for b in CaptureReader(path)])
+
+
+def _one_flow(flags, dirs, payload, kind="tcp"):
+    n = len(flags)
+    packets = pd.DataFrame(dict(flow=0, ts_ns=T0 + np.arange(n) * 1000, direction=dirs,
+                                tcp_flags=flags, payload_len=payload))
+    flows = pd.DataFrame(dict(kind=[kind], src_ip=["10.0.0.1"], dst_ip=["10.0.0.2"],
+                              src_mac=["02:00:00:00:00:01"], dst_mac=["02:00:00:00:00:02"],
+                              src_port=[40000], dst_port=[80], ttl_src=[64], ttl_dst=[128],
+                              win_src=[1000], win_dst=[0]))
+    return plan_packets(packets, flows, seed=1)
+
+
+# ---- TCP state machine ----------------------------------------------------------------------
+def test_data_only_flow_gets_handshake_and_fin():
+    f = _one_flow([PSH | ACK, ACK], [1, 1], [100, 0])
+    # the responder's data cannot be the handshake's ACK: SYN, SYN+ACK and ACK are inserted
+    assert f["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK, PSH | ACK, ACK | FIN]
+    assert f["direction"].tolist() == [0, 1, 0, 1, 1]
+    assert f["payload_len"].tolist() == [0, 0, 0, 100, 0]
+    assert f.repairs["handshake_inserted"] == 3
+    seq, ack = f["seq"].astype(np.int64), f["ack"].astype(np.int64)
+    isn_c, isn_s = seq[0], seq[1]
+    assert ack[0] == 0  # a SYN acknowledges nothing
+    assert ack[1] == (isn_c + 1) % 2**32  # the SYN consumed one number
+    assert seq[2] == (isn_c + 1) % 2**32 and ack[2] == (isn_s + 1) % 2**32
+    assert seq[3] == (isn_s + 1) % 2**32
+    assert seq[4] == (isn_s + 101) % 2**32  # after the server's 100 bytes
+    assert f["window"].tolist() == [1000, 1, 1000, 1, 1]  # a zero window is raised to 1
+
+
+def test_client_data_serves_as_handshake_ack():
+    f = _one_flow([PSH | ACK, ACK], [0, 1], [100, 0])
+    assert f["tcp_flags"].tolist() == [SYN, SYN | ACK, PSH | ACK, ACK | FIN]
+    assert f.repairs["handshake_inserted"] == 2
+    seq, ack = f["seq"].astype(np.int64), f["ack"].astype(np.int64)
+    assert ack[3] == (seq[0] + 101) % 2**32
+
+
+def test_existing_handshake_kept_and_only_invalid_flags_change():
+    f = _one_flow([SYN, SYN | ACK, ACK | PSH, RST | ACK, ACK | FIN, ACK | FIN, PSH | ACK, RST | ACK],
+                  [0, 1, 0, 1, 0, 0, 0, 1], [0, 0, 10, 5, 0, 0, 7, 3])
+    assert f.repairs["handshake_inserted"] == 0
+    # mid-flow RST cleared; first FIN of direction 0 cleared, the last kept; data after it dropped;
+    # the final RST kept without payload
+    assert f["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK | PSH, ACK, ACK, ACK | FIN, ACK, RST | ACK]
+    assert f["payload_len"].tolist() == [0, 0, 10, 5, 0, 0, 0, 0]
+
+
+def test_partial_handshake_completed_in_place():
+    f = _one_flow([SYN, ACK | PSH, ACK], [0, 1, 0], [0, 20, 0])
+    assert f["tcp_flags"][:3].tolist() == [SYN, SYN | ACK, ACK]
+    assert f["direction"][:3].tolist() == [0, 1, 0]
+    assert f.repairs["handshake_inserted"] == 2
+
+
+def test_timestamps_never_go_back_within_flows_and_output():
+    packets, flows = make_tables(100, seed=3)
+    packets["ts_ns"] = packets["ts_ns"].to_numpy()[::-1].copy()  # make every flow's times go back
+    batch = craft(packets, flows, seed=0)
+    assert np.all(np.diff(batch.ts_ns) >= 0)
+    f = plan_packets(packets, flows, seed=0)
+    same = f["flow"][1:] == f["flow"][:-1]
+    assert np.all(np.diff(f["ts_ns"])[same] >= 0)
+
+
+# ---- bytes ------------------------------------------------------------------------------------
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    packets, flows = make_tables(200, seed=5)
+    a = write_capture(tmp_path / "a.pcap", [craft(packets, flows, seed=7)])
+    b = write_capture(tmp_path / "b.pcap", [craft(packets, flows, seed=7, layout="pcap")])
+    c = write_capture(tmp_path / "c.pcap", [craft(packets, flows, seed=8)])
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_read_back_with_necst_reader_matches_plan(tmp_path):
+    packets, flows = make_tables(150, seed=2)
+    f = plan_packets(packets, flows, seed=4)
+    f = f.take(f.time_order())
+    path = write_capture(tmp_path / "x.pcap", [build_frames(f, arena=Arena())])
+    t = _read_back(path)
+    assert t.num_rows == len(f)
+    assert np.array_equal(t["ts_ns"].to_numpy(), f["ts_ns"])
+    kind = f["kind"]
+    tcp = kind == 0
+    assert np.array_equal(t["tcp_flags"].to_numpy(zero_copy_only=False)[tcp], f["tcp_flags"][tcp])
+    assert np.array_equal(t["tcp_seq"].to_numpy(zero_copy_only=False)[tcp], f["seq"][tcp])
+    assert np.array_equal(t["tcp_ack"].to_numpy(zero_copy_only=False)[tcp], f["ack"][tcp])
+    ip = kind < 3
+    assert np.array_equal(t["payload_len"].to_numpy(zero_copy_only=False)[ip], f["payload_len"][ip])
+    assert np.array_equal(t["ttl"].to_numpy(zero_copy_only=False)[ip], f["ttl"][ip])
+    assert np.array_equal(t["ip_version"].to_numpy(zero_copy_only=False)[ip], f["ip_version"][ip])
+    assert set(t["ethertype"].to_pylist()) <= {0x0800, 0x86DD, 0x0806}
+    assert t["cap_len"].to_numpy().tolist() == t["wire_len"].to_numpy().tolist()
+
+
+def test_unknown_kind_and_bad_mac_are_clear_errors():
+    packets, flows = make_tables(5, seed=1)
+    bad = flows.assign(kind="sctp")
+    with pytest.raises(NecstError, match="unknown flow kind"):
+        plan_packets(packets, bad)
+    bad = flows.assign(src_mac="zz:00:00:00:00:01")
+    with pytest.raises(NecstError, match="MAC"):
+        plan_packets(packets, bad)
+
+
+# ---- writer -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt,nanosecond", [("pcap", True), ("pcap", False), ("pcapng", True)])
+def test_writer_formats_read_back(tmp_path, fmt, nanosecond):
+    packets, flows = make_tables(60, seed=9)
+    batch = craft(packets, flows, seed=1, layout=fmt)
+    path = write_capture(tmp_path / f"x.{fmt}", [batch], format=fmt, nanosecond=nanosecond)
+    reader = CaptureReader(path)
+    got = list(reader)
+    assert reader.format.startswith(fmt)
+    ts = np.concatenate([g.ts_ns for g in got])
+    want = batch.ts_ns if nanosecond else batch.ts_ns // 1000 * 1000
+    assert np.array_equal(ts, want)
+    assert [g.packet(i) for g in got for i in range(len(g))] == [batch.packet(i) for i in range(len(batch))]
+
+
+def test_writer_copies_foreign_batches_and_cuts_at_snaplen(tmp_path):
+    packets, flows = make_tables(40, seed=4)
+    src = write_capture(tmp_path / "src.pcap", [craft(packets, flows)])
+    batches = list(CaptureReader(src))
+    for fmt in ("pcap", "pcapng"):
+        out = write_capture(tmp_path / f"copy.{fmt}", batches, format=fmt, snaplen=60)
+        back = list(CaptureReader(out))
+        n = sum(len(b) for b in back)
+        assert n == sum(len(b) for b in batches)
+        assert max(int(b.cap_len.max()) for b in back) <= 60
+        assert np.array_equal(np.concatenate([b.wire_len for b in back]),
+                              np.concatenate([b.wire_len for b in batches]))
+        assert back[0].packet(0) == batches[0].packet(0)[:60]
+
+
+def test_writer_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path):
+    out = tmp_path / "x.pcap"
+    out.write_bytes(b"keep")
+    with pytest.raises(OutputExistsError):
+        CaptureWriter(out)
+    assert out.read_bytes() == b"keep"
+    packets, flows = make_tables(10, seed=1)
+    batch = craft(packets, flows)
+    fresh = tmp_path / "y.pcap"
+    with pytest.raises(RuntimeError):
+        with CaptureWriter(fresh) as w:
+            w.write(batch)
+            raise RuntimeError("boom")
+    assert not fresh.exists()
+    assert list(tmp_path.iterdir()) == [out]
+    back = batch.ts_ns[::-1].copy()
+    batch.ts_ns = back
+    with pytest.raises(NecstError, match="backwards"):
+        with CaptureWriter(fresh) as w:
+            w.write(batch)
+    assert not fresh.exists()
+
+
+# ---- Wireshark's verdict ---------------------------------------------------------------------
+def _tshark_fields(tshark, path, display_filter, *fields):
+    cmd = [tshark, "-r", str(path), "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
+           "-o", "udp.check_checksum:TRUE", "-Y", display_filter, "-T", "fields"]
+    for f in fields:
+        cmd += ["-e", f]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def tshark_verdict(tshark, path) -> dict:
+    """Counts of what Wireshark objects to in a capture (see the generate issue's criteria)."""
+    bad_csum = ("ip.checksum.status == 0 || tcp.checksum.status == 0 || udp.checksum.status == 0"
+                " || icmp.checksum.status == 0 || icmpv6.checksum.status == 0")
+    first = {}
+    for stream, flags in _tshark_fields(tshark, path, "tcp", "tcp.stream", "tcp.flags"):
+        first.setdefault(stream, int(flags, 16))
+    analysis = _tshark_fields(tshark, path, "tcp.analysis.flags && !tcp.analysis.duplicate_ack",
+                              "frame.number")
+    return {
+        "packets": len(_tshark_fields(tshark, path, "frame", "frame.number")),
+        "malformed": len(_tshark_fields(tshark, path, "_ws.malformed", "frame.number")),
+        "expert_errors": len(_tshark_fields(tshark, path, "_ws.expert.severity == error", "frame.number")),
+        "bad_checksums": len(_tshark_fields(tshark, path, bad_csum, "frame.number")),
+        "tcp_streams": len(first),
+        "streams_opening_with_syn": sum(1 for v in first.values() if v & 0x12 == SYN),
+        "analysis_other_than_dup_ack": len(analysis),
+    }
+
+
+@pytest.mark.parametrize("payload", ["zeros", "app"])
+def test_tshark_finds_crafted_capture_valid(tmp_path, tshark, payload):
+    packets, flows = make_tables(800, seed=11)
+    path = write_capture(tmp_path / "x.pcap", [craft(packets, flows, seed=2, payload=payload)])
+    v = tshark_verdict(tshark, path)
+    assert v["packets"] > 5000
+    assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
+    assert v["tcp_streams"] > 300 and v["streams_opening_with_syn"] == v["tcp_streams"], v
+    # consecutive pure ACKs in the input are duplicate ACKs, as in real traffic; nothing else
+    assert v["analysis_other_than_dup_ack"] == 0, v
+    if payload == "app":
+        assert _tshark_fields(tshark, path, "http.request || tls.record || dns.qry.name", "frame.number")
