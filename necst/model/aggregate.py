@@ -1,0 +1,408 @@
+"""The aggregate level: which flows a capture holds, when they start, and who talks to whom.
+
+Three parts, all fitted from a dataset's FlowTable (and, for hosts' TTL and window, its
+PacketTable):
+
+- **Flow attributes.** Flows are grouped by (kind, application, craftable kind: tcp, udp, icmp,
+  arp); the group is drawn from its share, then (packets, bytes, duration) from a Gaussian
+  mixture over their logarithms fitted per group (components chosen by BIC, at most
+  ``max_components``), clipped to the group's observed range.
+- **Start times.** The capture's flow-start rate per bin (bins of at least one second, at most
+  ``max_bins`` of them) is replayed, tiled when more time is asked for than was seen, and
+  scaled by ``rate_scale``; burstiness is kept by drawing each gap between successive starts
+  from the real gaps (quantiles) inside each bin's budget.
+- **Hosts.** Every address seen, with its popularity as source and destination, its MAC,
+  TTL and TCP window (medians of what it sent); and, per flow group, the (source, destination,
+  destination port) triples with their counts. By default addresses are pseudonymised while
+  keeping structure: each real /24 (IPv6: /64) maps to a fresh one of the same class (local
+  ranges to 10.0.0.0/8 or fd00::/8, remote to 198.18.0.0/15 then 100.64.0.0/10 or 2001:db8::/32,
+  link-local stays link-local), hosts keep their popularity rank inside it, and multicast,
+  broadcast and unspecified addresses stay as they are. ``keep_addresses=True`` reuses the real
+  addresses and MACs.
+
+Flows whose kind cannot be crafted (``noflow`` other than ICMP and ARP, e.g. IGMP or EAPOL)
+are left out; their share is kept in ``unsupported_share_``.
+"""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from necst.errors import DatasetError, NecstError
+
+PREFIX = "aggregate_"
+EPHEMERAL_LO, EPHEMERAL_HI = 49152, 65535
+
+
+def _craft_kind(kind: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> np.ndarray:
+    out = np.full(len(kind), "", object)
+    out[kind == "tcp"] = "tcp"
+    out[kind == "udp"] = "udp"
+    nf = kind == "noflow"
+    out[nf & ((proto == 1) | (proto == 58))] = "icmp"
+    out[nf & (ethertype == 0x0806)] = "arp"
+    return out
+
+
+def _is_special(addr: ipaddress._BaseAddress) -> bool:
+    return addr.is_multicast or addr.is_unspecified or addr.is_loopback or str(addr) == "255.255.255.255" \
+        or (addr.version == 4 and int(addr) & 0xFF == 0xFF and addr.is_private)
+
+
+def _pseudonyms(ips: list[str], popularity: np.ndarray) -> list[str]:
+    """Fresh addresses keeping subnet, locality, version and popularity rank (module docstring)."""
+    parsed = [ipaddress.ip_address(s) for s in ips]
+    subnet_of = []
+    for a in parsed:
+        bits = 24 if a.version == 4 else 64
+        net = ipaddress.ip_network(f"{a}/{bits}", strict=False)
+        local = a.is_private or a.is_link_local
+        cls = ("v4" if a.version == 4 else "v6") + ("ll" if a.is_link_local else ("local" if local else "remote"))
+        subnet_of.append((cls, net))
+    # order subnets by total popularity so the mapping does not depend on the real numbers
+    df = pd.DataFrame({"cls": [c for c, _ in subnet_of], "net": [str(n) for _, n in subnet_of],
+                       "pop": popularity, "i": np.arange(len(ips))})
+    out = list(ips)
+    next_net: dict[str, int] = {}
+    net_pop = df.groupby(["cls", "net"])["pop"].sum().reset_index().sort_values(["cls", "pop", "net"],
+                                                                               ascending=[True, False, True])
+    base_of = {}
+    for cls, net in zip(net_pop["cls"], net_pop["net"]):
+        k = next_net.get(cls, 0)
+        next_net[cls] = k + 1
+        if cls == "v4local":
+            base = int(ipaddress.IPv4Address("10.0.0.0")) + (k << 8)
+        elif cls == "v4remote":
+            base = (int(ipaddress.IPv4Address("198.18.0.0")) + (k << 8) if k < 512
+                    else int(ipaddress.IPv4Address("100.64.0.0")) + ((k - 512) << 8))
+        elif cls == "v4ll":
+            base = int(ipaddress.IPv4Address("169.254.0.0")) + (k << 8)
+        elif cls == "v6local":
+            base = int(ipaddress.IPv6Address("fd00::")) + (k << 64)
+        elif cls == "v6ll":
+            base = int(ipaddress.IPv6Address("fe80::")) + (k << 64)
+        else:
+            base = int(ipaddress.IPv6Address("2001:db8::")) + (k << 64)
+        base_of[(cls, net)] = base
+    for (cls, net), g in df.groupby(["cls", "net"]):
+        g = g.sort_values(["pop", "i"], ascending=[False, True])
+        base = base_of[(cls, net)]
+        for rank, i in enumerate(g["i"]):
+            a = parsed[i]
+            if _is_special(a):
+                continue
+            out[i] = str(ipaddress.ip_address(base + rank + 1))
+    return out
+
+
+def _pseudo_macs(macs: list[str]) -> list[str]:
+    out = []
+    for i, m in enumerate(macs):
+        first = int(m[:2], 16) if len(m) == 17 else 0
+        if m == "ff:ff:ff:ff:ff:ff" or first & 1:  # broadcast and multicast keep their meaning
+            out.append(m)
+        else:
+            out.append("02:" + ":".join(f"{b:02x}" for b in (i + 1).to_bytes(5, "big")))
+    return out
+
+
+class AggregateModel:
+    """Flow attributes, start times and hosts of a capture (module docstring); sklearn-style."""
+
+    def __init__(self, max_components: int = 4, max_bins: int = 2000, keep_addresses: bool = False,
+                 seed: int = 0):
+        self.max_components = max_components
+        self.max_bins = max_bins
+        self.keep_addresses = keep_addresses
+        self.seed = seed
+
+    # ------------------------------------------------------------------------------------
+    def fit(self, dataset) -> "AggregateModel":
+        from sklearn.mixture import GaussianMixture
+
+        flows = dataset.flows.to_pandas()
+        if len(flows) == 0:
+            raise DatasetError("no flows to learn from")
+        kind = flows["kind"].astype(str).to_numpy()
+        ck = _craft_kind(kind, flows["protocol"].fillna(0).to_numpy(), flows["ethertype"].fillna(0).to_numpy())
+        ok = ck != ""
+        self.unsupported_share_ = float(1 - ok.mean())
+        flows = flows[ok].reset_index(drop=True)
+        if len(flows) == 0:
+            raise DatasetError("no flow of a kind necst can craft (tcp, udp, icmp, arp)")
+        flows["craft_kind"] = ck[ok]
+        flows["app"] = flows["app"].astype(str).fillna("unknown")
+        flows["kind"] = flows["kind"].astype(str)
+        x = np.column_stack([
+            np.log1p(flows["bidirectional_packets"].to_numpy(float)),
+            np.log1p(flows["bidirectional_bytes"].to_numpy(float)),
+            np.log1p(np.maximum(flows["bidirectional_duration_ms"].to_numpy(float), 0) / 1000.0),
+        ])
+        keys = flows[["kind", "app", "craft_kind"]].astype(str).agg("|".join, axis=1).to_numpy()
+        groups, gidx, gcount = np.unique(keys, return_inverse=True, return_counts=True)
+        self.groups_ = [g.split("|") for g in groups]
+        self.group_p_ = gcount / gcount.sum()
+        self.gmm_ = []
+        for g in range(len(groups)):
+            xg = x[gidx == g]
+            if len(xg) < 2:  # one flow: a point mass (a tiny covariance around it)
+                self.gmm_.append({"weights": np.ones(1), "means": xg[:1], "covariances": np.eye(3)[None] * 1e-3,
+                                  "lo": xg.min(axis=0), "hi": xg.max(axis=0)})
+                continue
+            best = None
+            for k in range(1, min(self.max_components, max(1, len(xg) // 10)) + 1):
+                m = GaussianMixture(k, covariance_type="full", reg_covar=1e-3, random_state=self.seed).fit(xg)
+                bic = m.bic(xg) if len(xg) > 1 else 0.0
+                if best is None or bic < best[0]:
+                    best = (bic, m)
+            m = best[1]
+            self.gmm_.append({"weights": m.weights_, "means": m.means_, "covariances": m.covariances_,
+                              "lo": xg.min(axis=0), "hi": xg.max(axis=0)})
+
+        # start times
+        start = flows["first_seen_ns"].to_numpy(np.int64)
+        t0, t1 = int(start.min()), int(start.max())
+        span_s = max((t1 - t0) / 1e9, 1.0)
+        width = max(1.0, span_s / self.max_bins)
+        nb = int(np.ceil(span_s / width)) or 1
+        b = np.minimum(((start - t0) / 1e9 / width).astype(np.int64), nb - 1)
+        self.bin_s_ = float(width)
+        self.rate_counts_ = np.bincount(b, minlength=nb).astype(np.int64)
+        gaps = np.diff(np.sort(start)) / 1e9
+        self.gap_quantiles_ = np.quantile(gaps, np.linspace(0, 1, 101)) if len(gaps) else np.zeros(101)
+        self.start_ns_ = t0
+
+        # hosts
+        self._fit_hosts(flows, gidx, dataset.packets)
+        return self
+
+    def _fit_hosts(self, flows: pd.DataFrame, gidx: np.ndarray, packets) -> None:
+        src = flows["src_ip"].fillna("").astype(str).to_numpy()
+        dst = flows["dst_ip"].fillna("").astype(str).to_numpy()
+        # frames without IP addresses in the flow table (ARP): the host is known by its MAC
+        src = np.where(src == "", "mac:" + flows["src_mac"].fillna("").astype(str).to_numpy().astype(object), src)
+        dst = np.where(dst == "", "mac:" + flows["dst_mac"].fillna("").astype(str).to_numpy().astype(object), dst)
+        hosts, inv = np.unique(np.concatenate([src, dst]), return_inverse=True)
+        n = len(flows)
+        s_id, d_id = inv[:n], inv[n:]
+        self.hosts_ = [str(h) for h in hosts]
+        self.host_src_count_ = np.bincount(s_id, minlength=len(hosts))
+        self.host_dst_count_ = np.bincount(d_id, minlength=len(hosts))
+        # MAC: the most common one the host's frames carried
+        macs = pd.DataFrame({"h": np.concatenate([s_id, d_id]),
+                             "m": np.concatenate([flows["src_mac"].fillna("").astype(str).to_numpy(),
+                                                  flows["dst_mac"].fillna("").astype(str).to_numpy()])})
+        macs = macs[macs["m"].str.len() == 17]
+        top = macs.groupby(["h", "m"]).size().reset_index(name="c").sort_values(["h", "c", "m"],
+                                                                                   ascending=[True, False, True])
+        top = top.drop_duplicates("h")
+        mac = np.array(["02:00:00:00:00:00"] * len(hosts), object)
+        mac[top["h"].to_numpy()] = top["m"].to_numpy()
+        self.host_mac_ = [str(m) for m in mac]
+        # TTL and window: medians of what each host sent
+        ttl = np.full(len(hosts), 64, np.int64)
+        win = np.full(len(hosts), 64240, np.int64)
+        if packets is not None and packets.num_rows:
+            p = packets.select(["src_ip", "ttl", "tcp_window"]).to_pandas()
+            p["src_ip"] = p["src_ip"].astype(str)
+            pos = pd.Series(np.arange(len(hosts)), index=hosts)
+            t = p.dropna(subset=["ttl"]).groupby("src_ip")["ttl"].median()
+            t = t[t.index.isin(pos.index)]
+            ttl[pos[t.index].to_numpy()] = t.to_numpy().round().astype(np.int64)
+            w = p[p["tcp_window"].fillna(0) > 0].groupby("src_ip")["tcp_window"].median()
+            w = w[w.index.isin(pos.index)]
+            win[pos[w.index].to_numpy()] = w.to_numpy().round().astype(np.int64)
+        self.host_ttl_ = ttl
+        self.host_window_ = win
+        ver = np.array([4 if h.startswith("mac:") else ipaddress.ip_address(h).version for h in self.hosts_])
+        self.host_version_ = ver
+        # who talks to whom, per group, with which destination port (and source port if fixed)
+        sport = flows["src_port"].fillna(0).to_numpy(np.int64)
+        dport = flows["dst_port"].fillna(0).to_numpy(np.int64)
+        fixed = np.where((sport < 1024) | (sport == dport), sport, -1)
+        t = pd.DataFrame({"g": gidx, "s": s_id, "d": d_id, "dp": dport, "sp": fixed})
+        trip = t.groupby(["g", "s", "d", "dp", "sp"]).size().reset_index(name="c")
+        self.pairs_ = {k: trip[c].to_numpy(np.int64) for k, c in
+                       (("group", "g"), ("src", "s"), ("dst", "d"), ("dport", "dp"), ("sport", "sp"), ("count", "c"))}
+        # MAC-only hosts get link-local IPv4 addresses (numbered) in both modes
+        mac_only = [i for i, h in enumerate(self.hosts_) if h.startswith("mac:")]
+        ips = list(self.hosts_)
+        for k, i in enumerate(mac_only):
+            ips[i] = str(ipaddress.IPv4Address("169.254.0.0") + 256 + k)
+        self.addresses_ = ips if self.keep_addresses else _pseudonyms(ips, self.host_src_count_ + self.host_dst_count_)
+        self.macs_ = self.host_mac_ if self.keep_addresses else _pseudo_macs(self.host_mac_)
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def flows_per_second_(self) -> float:
+        return float(self.rate_counts_.sum() / (len(self.rate_counts_) * self.bin_s_))
+
+    def mean_packets(self) -> float:
+        """Expected packets per flow (the mixture's mean), to plan a capture of N packets."""
+        rng = np.random.default_rng(0)
+        return float(self.sample(n_flows=2000, seed=rng.integers(1 << 31))["packets"].mean())
+
+    def sample_starts(self, n_flows: int | None = None, duration_s: float | None = None, seed: int = 0,
+                      rate_scale: float = 1.0) -> np.ndarray:
+        """Start offsets (ns from the capture's start) following the learned rate curve."""
+        if rate_scale <= 0:
+            raise NecstError("rate scale must be positive")
+        rng = np.random.default_rng(seed)
+        counts = self.rate_counts_.astype(float) * rate_scale
+        width_ns = int(self.bin_s_ * 1e9)
+        if duration_s is None:
+            per_tile = counts.sum()
+            tiles = int(np.ceil((n_flows or 0) / max(per_tile, 1e-9))) + 1
+        else:
+            tiles = int(np.ceil(duration_s / (len(counts) * self.bin_s_)))
+        curve = np.tile(counts, max(tiles, 1))
+        k = np.floor(curve).astype(np.int64) + (rng.random(len(curve)) < curve % 1)
+        # inside each bin: successive gaps drawn from the real gap quantiles, rescaled to the bin
+        total = int(k.sum())
+        bins = np.repeat(np.arange(len(curve)), k)
+        gaps = np.interp(rng.random(total + len(curve)), np.linspace(0, 1, 101), self.gap_quantiles_)
+        gaps = np.maximum(gaps[:total], 1e-9)
+        first = np.cumsum(k) - k
+        csum = np.cumsum(gaps)
+        within = csum - np.repeat(csum[first] - gaps[first], k) if total else csum
+        span = np.repeat(np.maximum.reduceat(within, first[k > 0]) if total else np.zeros(0), k[k > 0]) \
+            if total else within
+        frac = within / np.maximum(span, 1e-12) * rng.uniform(0.5, 1.0, total)
+        starts = (bins * width_ns + (frac * width_ns).astype(np.int64)).astype(np.int64)
+        starts.sort()
+        if duration_s is not None:
+            starts = starts[starts < int(duration_s * 1e9)]
+        if n_flows is not None:
+            starts = starts[:n_flows]
+        return starts
+
+    def sample(self, n_flows: int | None = None, duration_s: float | None = None, seed: int = 0,
+               start_ns: int | None = None, rate_scale: float = 1.0, apps=None) -> pd.DataFrame:
+        """A flow plan, one row per flow, in start order (module docstring for the columns' sources)."""
+        if n_flows is None and duration_s is None:
+            raise NecstError("give a number of flows or a duration")
+        rng = np.random.default_rng(seed)
+        starts = self.sample_starts(n_flows, duration_s, seed=int(rng.integers(1 << 31)), rate_scale=rate_scale)
+        n = len(starts)
+        p = np.asarray(self.group_p_, float)
+        if apps:
+            allowed = np.array([g[1] in set(apps) for g in self.groups_])
+            if not allowed.any():
+                known = sorted({g[1] for g in self.groups_})
+                raise NecstError(f"no flows of application(s) {', '.join(apps)} in the model "
+                                 f"(it knows {', '.join(known)})")
+            p = np.where(allowed, p, 0)
+        g = rng.choice(len(p), size=n, p=p / p.sum())
+        x = np.zeros((n, 3))
+        for gi in np.unique(g):
+            sel = np.flatnonzero(g == gi)
+            m = self.gmm_[gi]
+            comp = rng.choice(len(m["weights"]), size=len(sel), p=np.asarray(m["weights"]) / np.sum(m["weights"]))
+            for c in np.unique(comp):
+                s = sel[comp == c]
+                x[s] = rng.multivariate_normal(m["means"][c], m["covariances"][c], size=len(s))
+            x[sel] = np.clip(x[sel], m["lo"], m["hi"])
+        packets = np.maximum(np.rint(np.expm1(x[:, 0])), 1).astype(np.int64)
+        plan = pd.DataFrame({
+            "start_ns": starts + int(self.start_ns_ if start_ns is None else start_ns),
+            "kind": [self.groups_[i][0] for i in g], "app": [self.groups_[i][1] for i in g],
+            "craft_kind": [self.groups_[i][2] for i in g],
+            "packets": packets, "bytes": np.maximum(np.rint(np.expm1(x[:, 1])), 0).astype(np.int64),
+            "duration_s": np.expm1(x[:, 2]),
+        })
+        self._assign_hosts(plan, g, rng)
+        return plan
+
+    def _assign_hosts(self, plan: pd.DataFrame, g: np.ndarray, rng) -> None:
+        P = self.pairs_
+        n = len(plan)
+        row = np.zeros(n, np.int64)
+        order = np.argsort(P["group"], kind="stable")
+        grp_sorted = P["group"][order]
+        for gi in np.unique(g):
+            sel = np.flatnonzero(g == gi)
+            lo, hi = np.searchsorted(grp_sorted, gi), np.searchsorted(grp_sorted, gi, side="right")
+            cand = order[lo:hi]
+            w = P["count"][cand].astype(float)
+            row[sel] = cand[rng.choice(len(cand), size=len(sel), p=w / w.sum())]
+        s, d = P["src"][row], P["dst"][row]
+        addr = np.asarray(self.addresses_, object)
+        macs = np.asarray(self.macs_, object)
+        plan["src_host"], plan["dst_host"] = s, d
+        plan["src_ip"], plan["dst_ip"] = addr[s], addr[d]
+        plan["ip_version"] = self.host_version_[s]
+        plan["src_mac"], plan["dst_mac"] = macs[s], macs[d]
+        plan["dst_port"] = P["dport"][row]
+        # source ports: fixed service ports stay; ephemeral ones count up per source host, so a
+        # 4-tuple is not reused while the host has fewer than 16k flows in the capture
+        fixed = P["sport"][row]
+        base = (np.asarray([hash_host(h) for h in range(len(self.hosts_))], np.int64)
+                if len(self.hosts_) else np.zeros(0, np.int64))
+        rank = pd.Series(np.ones(n, np.int64)).groupby(s).cumsum().to_numpy() - 1
+        eph = EPHEMERAL_LO + (base[s] + rank + int(rng.integers(1 << 14))) % (EPHEMERAL_HI - EPHEMERAL_LO)
+        plan["src_port"] = np.where(fixed >= 0, fixed, eph)
+        plan["ttl_src"], plan["ttl_dst"] = self.host_ttl_[s], self.host_ttl_[d]
+        plan["win_src"], plan["win_dst"] = self.host_window_[s], self.host_window_[d]
+
+    # ------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        return {"max_components": self.max_components, "max_bins": self.max_bins,
+                "keep_addresses": self.keep_addresses, "seed": self.seed}
+
+    def write_to(self, writer) -> None:
+        arrays = {"group_p": self.group_p_, "rate_counts": self.rate_counts_,
+                  "gap_quantiles": self.gap_quantiles_, "host_src_count": self.host_src_count_,
+                  "host_dst_count": self.host_dst_count_, "host_ttl": self.host_ttl_,
+                  "host_window": self.host_window_, "host_version": self.host_version_}
+        arrays.update({f"pairs_{k}": v for k, v in self.pairs_.items()})
+        for i, m in enumerate(self.gmm_):
+            for k, v in m.items():
+                arrays[f"gmm{i}_{k}"] = np.asarray(v)
+        writer.add_arrays(PREFIX + "arrays.npz", **arrays)
+        writer.add_json(PREFIX + "model.json", {
+            "config": self.config(), "groups": self.groups_, "bin_s": self.bin_s_, "start_ns": self.start_ns_,
+            "unsupported_share": self.unsupported_share_, "hosts": self.hosts_, "host_mac": self.host_mac_,
+            "addresses": self.addresses_, "macs": self.macs_})
+
+    @classmethod
+    def read_from(cls, bundle) -> "AggregateModel":
+        meta = bundle.json(PREFIX + "model.json")
+        a = bundle.arrays(PREFIX + "arrays.npz")
+        m = cls(**meta["config"])
+        m.groups_ = [list(g) for g in meta["groups"]]
+        m.bin_s_, m.start_ns_ = float(meta["bin_s"]), int(meta["start_ns"])
+        m.unsupported_share_ = float(meta["unsupported_share"])
+        m.hosts_, m.host_mac_ = meta["hosts"], meta["host_mac"]
+        m.addresses_, m.macs_ = meta["addresses"], meta["macs"]
+        m.group_p_, m.rate_counts_, m.gap_quantiles_ = a["group_p"], a["rate_counts"], a["gap_quantiles"]
+        m.host_src_count_, m.host_dst_count_ = a["host_src_count"], a["host_dst_count"]
+        m.host_ttl_, m.host_window_, m.host_version_ = a["host_ttl"], a["host_window"], a["host_version"]
+        m.pairs_ = {k[6:]: v for k, v in a.items() if k.startswith("pairs_")}
+        m.gmm_ = [{k: a[f"gmm{i}_{k}"] for k in ("weights", "means", "covariances", "lo", "hi")}
+                  for i in range(len(m.groups_))]
+        return m
+
+    def save(self, path: str | Path, force: bool = False) -> Path:
+        from necst.bundle import BundleWriter
+
+        with BundleWriter(path, kind="generator", config={"levels": ["aggregate"], "aggregate": self.config()},
+                          force=force) as w:
+            self.write_to(w)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AggregateModel":
+        from necst.bundle import load
+
+        return cls.read_from(load(path, kind="generator"))
+
+
+def hash_host(h: int) -> int:
+    """A deterministic spread of ephemeral port bases across hosts."""
+    return (h * 2654435761) % (EPHEMERAL_HI - EPHEMERAL_LO)
+
+
+__all__ = ["AggregateModel"]
