@@ -131,6 +131,54 @@ def evaluate(
                        f"(0.5 = indistinguishable)")
     typer.echo(f"report -> {out / 'report.html'} ({time.perf_counter() - started:.1f} s)")
 
+@app.command()
+@clean_errors
+def generate(
+    out: Path = typer.Option(..., "--out", "-o", help="Capture file to write."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Generator bundle (default: the bundled model)."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of traffic to generate."),
+    flows: Optional[int] = typer.Option(None, "--flows", help="Number of flows to generate."),
+    packets: Optional[int] = typer.Option(None, "--packets", help="Number of packets to generate."),
+    seed: int = typer.Option(0, "--seed", help="Same model, options and seed: the same bytes."),
+    start: Optional[str] = typer.Option(None, "--start", help="Time of the first flow, ISO-8601 (default: the training capture's)."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="More (>1) or less (<1) traffic with the same shape."),
+    app_names: Optional[List[str]] = typer.Option(None, "--app", help="Only flows of this application (repeatable)."),
+    payload: str = typer.Option("zeros", "--payload", help="Payload bytes: zeros, or app (DNS queries, HTTP requests, TLS records)."),
+    format: str = typer.Option("pcap", "--format", help="pcap (nanosecond) or pcapng."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing capture."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write a synthetic capture from a trained generator."""
+    from datetime import datetime, timezone
+
+    from necst.generate.sampler import generate as run_generate
+
+    if sum(x is not None for x in (duration, flows, packets)) == 0:
+        flows = 1000
+    start_ns = None
+    if start is not None:
+        try:
+            dt = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        except ValueError:
+            raise NecstError(f"--start: not an ISO-8601 time: {start!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        start_ns = int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
+    kwargs = dict(n_flows=flows, duration_s=duration, n_packets=packets, seed=seed, start_ns=start_ns,
+                  rate_scale=rate_scale, apps=app_names or None)
+    if quiet:
+        result = run_generate(out, model_dir=model, payload=payload, format=format, force=force, **kwargs)
+    else:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task("generating", total=packets)
+            result = run_generate(out, model_dir=model, payload=payload, format=format, force=force,
+                                  progress=lambda n: bar.advance(task, n), **kwargs)
+    typer.echo(f"{result.packets} packets, {result.flows} flows -> {out} "
+               f"({result.seconds:.1f} s, {result.packets_per_second:,.0f} packets/s)")
+
+
 detect_app = typer.Typer(help="The autoencoder anomaly detector: train on normal traffic, score captures.",
                          no_args_is_help=True)
 app.add_typer(detect_app, name="detect")

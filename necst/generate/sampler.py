@@ -1,0 +1,220 @@
+"""From a trained generator to a capture file: aggregate plan -> flows -> packets -> frames.
+
+The plan (one row per flow, in start order) comes from the AggregateModel; flows are expanded
+into packets by the FlowModel (which asks the PacketModel for each packet's fields) a chunk of
+flows at a time; each chunk is planned by :func:`necst.generate.craft.plan_packets` (TCP state,
+addresses, ids). Flows overlap in time, so planned packets wait in a pending set until no later
+chunk can produce an earlier packet (every packet of a flow starts at or after the flow's start,
+and chunks follow start order): those before the next chunk's first start are laid into frames
+and written. Memory is bounded by a chunk plus the flows still open, whatever the capture size.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from necst.capture.writer import CaptureWriter
+from necst.errors import NecstError
+from necst.generate.craft import Arena, PacketFields, build_frames, plan_packets
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
+MAX_BATCH_PACKETS = 1 << 16
+
+
+@dataclass
+class GenerateResult:
+    path: Path
+    packets: int
+    flows: int
+    bytes: int
+    seconds: float
+    repairs: dict = field(default_factory=dict)
+
+    @property
+    def packets_per_second(self) -> float:
+        return self.packets / self.seconds if self.seconds > 0 else float("inf")
+
+
+def load_generator(model_dir: str | Path | None = None):
+    """The (packet, flow, aggregate) models of a generator bundle; the bundled default without a path."""
+    path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    if not path.exists():
+        raise NecstError("no such model folder" if model_dir is not None else
+                         "no --model given and no bundled default model", path)
+    try:
+        from necst.model.bundle import load_generator as _load
+    except ImportError:
+        raise NecstError("this necst cannot read generator bundles yet (necst.model.bundle is missing)") from None
+    return _load(path)
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def craft_flow_table(plan: pd.DataFrame) -> pd.DataFrame:
+    """The per-flow columns :func:`plan_packets` reads, from an aggregate plan."""
+    cols = ["src_ip", "dst_ip", "src_mac", "dst_mac", "src_port", "dst_port", "ttl_src", "ttl_dst",
+            "win_src", "win_dst", "app"]
+    out = plan[cols].reset_index(drop=True).copy()
+    out.insert(0, "kind", plan["craft_kind"].to_numpy())
+    return out
+
+
+def packet_table(plan: pd.DataFrame, flow_packets: pd.DataFrame) -> pd.DataFrame:
+    """Per-packet columns for :func:`plan_packets`: timestamps from each flow's start plus its gaps."""
+    fp = flow_packets.sort_values(["flow", "pos"], kind="stable")
+    flow = fp["flow"].to_numpy(np.int64)
+    gap = np.nan_to_num(fp["gap_s"].to_numpy(float), nan=0.0, posinf=0.0)
+    gap_ns = np.rint(np.maximum(gap, 0.0) * 1e9).astype(np.int64)
+    first = np.ones(len(flow), bool)
+    first[1:] = flow[1:] != flow[:-1]
+    gap_ns[first] = 0  # a flow's first packet is at its start
+    c = np.cumsum(gap_ns)
+    starts = np.flatnonzero(first)
+    base = np.repeat(c[starts], np.diff(np.append(starts, len(flow))))
+    ts = plan["start_ns"].to_numpy(np.int64)[flow] + (c - base)
+    return pd.DataFrame({"flow": flow, "pos": fp["pos"].to_numpy(np.int64), "ts_ns": ts,
+                         "direction": fp["direction"].to_numpy(np.int64),
+                         "tcp_flags": fp["tcp_flags"].fillna(0).to_numpy(np.int64),
+                         "payload_len": fp["payload_len"].fillna(0).to_numpy(np.int64)})
+
+
+class Sampler:
+    """Streams frames from the three models; ``batches`` yields FrameBatches in time order.
+
+    ``flow_model.sample(requests, packet_model, seed)`` must return one row per packet with
+    ``flow`` (row of requests), ``pos``, ``direction``, ``tcp_flags``, ``gap_s``, ``payload_len``
+    (the interface in MODELS_CONTRACT.md).
+    """
+
+    def __init__(self, aggregate, flow_model, packet_model=None, *, payload: str = "zeros",
+                 layout: str = "pcap", chunk_flows: int = 4096, max_packets_per_flow: int = 10000):
+        self.aggregate = aggregate
+        self.flow_model = flow_model
+        self.packet_model = packet_model
+        self.payload = payload
+        self.layout = layout
+        self.chunk_flows = chunk_flows
+        self.max_packets_per_flow = max_packets_per_flow
+        self.repairs: dict[str, int] = {}
+        self.flows = 0
+        self._arena = Arena()
+
+    def _plans(self, n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps) -> Iterator[pd.DataFrame]:
+        agg = self.aggregate
+        if n_packets is None:
+            yield agg.sample(n_flows=n_flows, duration_s=duration_s, seed=_seed(seed, 0), start_ns=start_ns,
+                             rate_scale=rate_scale, apps=apps)
+            return
+        # N packets: plan flows for about N packets, then more (later in time) until N are written
+        per_flow = max(agg.mean_packets(), 1.0)
+        round_ = 0
+        t = start_ns
+        while True:
+            want = int(np.ceil(n_packets / per_flow * 1.2)) + 16
+            plan = agg.sample(n_flows=want, seed=_seed(seed, round_), start_ns=t, rate_scale=rate_scale, apps=apps)
+            if len(plan) == 0:
+                raise NecstError("the aggregate model plans no flows")
+            yield plan
+            round_ += 1
+            t = int(plan["start_ns"].iloc[-1]) + 1  # the next round starts after this one
+
+    def batches(self, *, n_flows: int | None = None, duration_s: float | None = None, n_packets: int | None = None,
+                seed: int = 0, start_ns: int | None = None, rate_scale: float = 1.0,
+                apps: Sequence[str] | None = None) -> Iterator:
+        if sum(x is not None for x in (n_flows, duration_s, n_packets)) != 1:
+            raise NecstError("give exactly one of --duration, --flows, --packets")
+        for name, v in (("flows", n_flows), ("duration", duration_s), ("packets", n_packets)):
+            if v is not None and v <= 0:
+                raise NecstError(f"--{name} must be positive")
+        written = 0
+        pending: PacketFields | None = None
+        flow_offset = 0
+        end_ns = None
+        for r, plan in enumerate(self._plans(n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps)):
+            if duration_s is not None and len(plan):
+                first = int(plan["start_ns"].iloc[0]) if start_ns is None else int(start_ns)
+                end_ns = first + int(duration_s * 1e9)
+            starts = plan["start_ns"].to_numpy(np.int64)
+            for c in range(0, len(plan), self.chunk_flows):
+                sub = plan.iloc[c:c + self.chunk_flows].reset_index(drop=True)
+                fields = self._plan_chunk(sub, _seed(seed, r, c), end_ns)
+                if fields is not None:
+                    fields.cols["flow"] = fields.cols["flow"] + flow_offset + c
+                    pending = fields if pending is None else PacketFields.concat([pending, fields])
+                self.flows += len(sub)
+                last_chunk = c + self.chunk_flows >= len(plan)
+                if not last_chunk:
+                    horizon = int(starts[c + self.chunk_flows])
+                elif n_packets is not None:  # another round may follow, starting after this one
+                    horizon = int(starts[-1]) + 1
+                else:
+                    horizon = None
+                if pending is None or len(pending) == 0:
+                    continue
+                order = pending.time_order()
+                ts = pending["ts_ns"][order]
+                k = len(order) if horizon is None else int(np.searchsorted(ts, horizon, side="left"))
+                emit, rest = order[:k], order[k:]
+                out = pending.take(emit)
+                pending = pending.take(rest)
+                if n_packets is not None:
+                    out = out.take(np.arange(min(len(out), n_packets - written)))
+                for i in range(0, len(out), MAX_BATCH_PACKETS):
+                    part = out.take(np.arange(i, min(i + MAX_BATCH_PACKETS, len(out))))
+                    written += len(part)
+                    yield build_frames(part, layout=self.layout, payload=self.payload, arena=self._arena)
+                if n_packets is not None and written >= n_packets:
+                    return
+            flow_offset += len(plan)
+            if n_packets is None:
+                return
+            if r >= 1000:
+                raise NecstError(f"the models gave only {written} of {n_packets} packets")
+
+    def _plan_chunk(self, sub: pd.DataFrame, seed: int, end_ns: int | None) -> PacketFields | None:
+        requests = pd.DataFrame({"kind": sub["kind"].to_numpy(), "app": sub["app"].to_numpy(),
+                                 "packets": sub["packets"].to_numpy(),
+                                 "max_packets": np.minimum(sub["packets"].to_numpy() * 4 + 8,
+                                                           self.max_packets_per_flow)})
+        fp = self.flow_model.sample(requests, self.packet_model, seed=seed)
+        if len(fp) == 0:
+            return None
+        pk = packet_table(sub, fp)
+        if end_ns is not None:
+            pk = pk[pk["ts_ns"].to_numpy() < end_ns]
+        fields = plan_packets(pk, craft_flow_table(sub), seed=seed)
+        if end_ns is not None and len(fields):  # inserted handshake packets share their successor's time
+            fields = fields.take(np.flatnonzero(fields["ts_ns"] < end_ns))
+        for k, v in fields.repairs.items():
+            self.repairs[k] = self.repairs.get(k, 0) + v
+        return fields
+
+    def generate(self, out: str | Path, *, format: str = "pcap", force: bool = False,
+                 progress: Callable[[int], None] | None = None, **kwargs) -> GenerateResult:
+        """Write a capture; ``kwargs`` as :meth:`batches`."""
+        self.layout = format
+        t = time.perf_counter()
+        with CaptureWriter(out, format, force=force) as w:
+            for batch in self.batches(**kwargs):
+                w.write(batch)
+                if progress is not None:
+                    progress(len(batch))
+        return GenerateResult(Path(out), w.packets, self.flows, w.bytes, time.perf_counter() - t, dict(self.repairs))
+
+
+def generate(out: str | Path, models=None, *, model_dir: str | Path | None = None, payload: str = "zeros",
+             format: str = "pcap", force: bool = False, progress=None, **kwargs) -> GenerateResult:
+    """``necst generate``: load the models (or take ``models``), stream a capture to ``out``."""
+    if models is None:
+        models = load_generator(model_dir)
+    if getattr(models, "aggregate", None) is None or getattr(models, "flow", None) is None:
+        raise NecstError("the generator needs its aggregate and flow levels (train with --level all)")
+    sampler = Sampler(models.aggregate, models.flow, getattr(models, "packet", None), payload=payload, layout=format)
+    return sampler.generate(out, format=format, force=force, progress=progress, **kwargs)
