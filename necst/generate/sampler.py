@@ -34,6 +34,7 @@ class GenerateResult:
     bytes: int
     seconds: float
     repairs: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # seconds per stage
 
     @property
     def packets_per_second(self) -> float:
@@ -104,6 +105,7 @@ class Sampler:
         self.max_packets_per_flow = max_packets_per_flow
         self.repairs: dict[str, int] = {}
         self.flows = 0
+        self.timings = {"aggregate": 0.0, "flow_model": 0.0, "plan": 0.0, "frames": 0.0, "write": 0.0}
         self._arena = Arena()
 
     def _plans(self, n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps) -> Iterator[pd.DataFrame]:
@@ -137,7 +139,13 @@ class Sampler:
         pending: PacketFields | None = None
         flow_offset = 0
         end_ns = None
-        for r, plan in enumerate(self._plans(n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps)):
+        plans = self._plans(n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps)
+        for r in range(1 << 30):
+            t = time.perf_counter()
+            plan = next(plans, None)
+            self.timings["aggregate"] += time.perf_counter() - t
+            if plan is None:
+                return
             if duration_s is not None and len(plan):
                 first = int(plan["start_ns"].iloc[0]) if start_ns is None else int(start_ns)
                 end_ns = first + int(duration_s * 1e9)
@@ -167,9 +175,12 @@ class Sampler:
                 if n_packets is not None:
                     out = out.take(np.arange(min(len(out), n_packets - written)))
                 for i in range(0, len(out), MAX_BATCH_PACKETS):
+                    t = time.perf_counter()
                     part = out.take(np.arange(i, min(i + MAX_BATCH_PACKETS, len(out))))
                     written += len(part)
-                    yield build_frames(part, layout=self.layout, payload=self.payload, arena=self._arena)
+                    frames = build_frames(part, layout=self.layout, payload=self.payload, arena=self._arena)
+                    self.timings["frames"] += time.perf_counter() - t
+                    yield frames
                 if n_packets is not None and written >= n_packets:
                     return
             flow_offset += len(plan)
@@ -183,7 +194,10 @@ class Sampler:
                                  "packets": sub["packets"].to_numpy(),
                                  "max_packets": np.minimum(sub["packets"].to_numpy() * 4 + 8,
                                                            self.max_packets_per_flow)})
+        t = time.perf_counter()
         fp = self.flow_model.sample(requests, self.packet_model, seed=seed)
+        t1 = time.perf_counter()
+        self.timings["flow_model"] += t1 - t
         if len(fp) == 0:
             return None
         pk = packet_table(sub, fp)
@@ -194,6 +208,7 @@ class Sampler:
             fields = fields.take(np.flatnonzero(fields["ts_ns"] < end_ns))
         for k, v in fields.repairs.items():
             self.repairs[k] = self.repairs.get(k, 0) + v
+        self.timings["plan"] += time.perf_counter() - t1
         return fields
 
     def generate(self, out: str | Path, *, format: str = "pcap", force: bool = False,
@@ -203,10 +218,13 @@ class Sampler:
         t = time.perf_counter()
         with CaptureWriter(out, format, force=force) as w:
             for batch in self.batches(**kwargs):
+                t0 = time.perf_counter()
                 w.write(batch)
+                self.timings["write"] += time.perf_counter() - t0
                 if progress is not None:
                     progress(len(batch))
-        return GenerateResult(Path(out), w.packets, self.flows, w.bytes, time.perf_counter() - t, dict(self.repairs))
+        return GenerateResult(Path(out), w.packets, self.flows, w.bytes, time.perf_counter() - t, dict(self.repairs),
+                              dict(self.timings))
 
 
 def generate(out: str | Path, models=None, *, model_dir: str | Path | None = None, payload: str = "zeros",
@@ -217,4 +235,6 @@ def generate(out: str | Path, models=None, *, model_dir: str | Path | None = Non
     if getattr(models, "aggregate", None) is None or getattr(models, "flow", None) is None:
         raise NecstError("the generator needs its aggregate and flow levels (train with --level all)")
     sampler = Sampler(models.aggregate, models.flow, getattr(models, "packet", None), payload=payload, layout=format)
-    return sampler.generate(out, format=format, force=force, progress=progress, **kwargs)
+    result = sampler.generate(out, format=format, force=force, progress=progress, **kwargs)
+    result.timings = dict(sampler.timings)
+    return result

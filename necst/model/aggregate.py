@@ -7,7 +7,9 @@ PacketTable):
   arp); the group is drawn from its share, then (packets, bytes, duration) from a Gaussian
   mixture over their logarithms fitted per group (components chosen by BIC, at most
   ``max_components``), clipped to the group's observed range.
-- **Start times.** The capture's flow-start rate per bin (bins of at least one second, at most
+- **Start times.** The capture's flow-start rate per bin over its active time (silences longer
+  than ``max_silence_s``, such as the gaps between captures of different days, are shrunk to
+  the median gap) (bins of at least one second, at most
   ``max_bins`` of them) is replayed, tiled when more time is asked for than was seen, and
   scaled by ``rate_scale``; burstiness is kept by drawing each gap between successive starts
   from the real gaps (quantiles) inside each bin's budget.
@@ -112,10 +114,11 @@ def _pseudo_macs(macs: list[str]) -> list[str]:
 class AggregateModel:
     """Flow attributes, start times and hosts of a capture (module docstring); sklearn-style."""
 
-    def __init__(self, max_components: int = 4, max_bins: int = 2000, keep_addresses: bool = False,
-                 seed: int = 0):
+    def __init__(self, max_components: int = 4, max_bins: int = 2000, max_silence_s: float = 600.0,
+                 keep_addresses: bool = False, seed: int = 0):
         self.max_components = max_components
         self.max_bins = max_bins
+        self.max_silence_s = max_silence_s
         self.keep_addresses = keep_addresses
         self.seed = seed
 
@@ -163,7 +166,14 @@ class AggregateModel:
                               "lo": xg.min(axis=0), "hi": xg.max(axis=0)})
 
         # start times
-        start = flows["first_seen_ns"].to_numpy(np.int64)
+        start = np.sort(flows["first_seen_ns"].to_numpy(np.int64))
+        # silences longer than max_silence_s (the gaps between captures taken on different days)
+        # are shrunk to the median gap: the curve describes active time, not the calendar
+        gaps_ns = np.diff(start)
+        if len(gaps_ns):
+            long = gaps_ns > int(self.max_silence_s * 1e9)
+            gaps_ns[long] = int(np.median(gaps_ns))
+            start = start[0] + np.concatenate([[0], np.cumsum(gaps_ns)])
         t0, t1 = int(start.min()), int(start.max())
         span_s = max((t1 - t0) / 1e9, 1.0)
         width = max(1.0, span_s / self.max_bins)
@@ -349,7 +359,7 @@ class AggregateModel:
 
     # ------------------------------------------------------------------------------------
     def config(self) -> dict:
-        return {"max_components": self.max_components, "max_bins": self.max_bins,
+        return {"max_components": self.max_components, "max_bins": self.max_bins, "max_silence_s": self.max_silence_s,
                 "keep_addresses": self.keep_addresses, "seed": self.seed}
 
     def write_to(self, writer) -> None:

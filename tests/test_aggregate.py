@@ -1,0 +1,115 @@
+"""AggregateModel: attribute mixtures, start-time rate, hosts and pseudonyms, save/load."""
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pytest
+
+from necst.errors import BundleError, OutputExistsError
+from necst.model.aggregate import AggregateModel, _pseudonyms
+from necst.process.dataset import load_dataset, process_captures
+
+DEVICES = ["HueBridge", "EdimaxCam1", "TP-LinkPlugHS100", "Withings"]
+
+
+@pytest.fixture(scope="module")
+def dataset(shared_data, tmp_path_factory):
+    paths = [p for d in DEVICES for p in sorted((shared_data / "benign" / "iot_sentinel" / d).glob("*.pcap"))[:3]]
+    if not paths:
+        pytest.skip("iot_sentinel captures not found")
+    out = tmp_path_factory.mktemp("agg") / "ds"
+    process_captures(paths, out)
+    return load_dataset(out)
+
+
+@pytest.fixture(scope="module")
+def model(dataset):
+    return AggregateModel(seed=0).fit(dataset)
+
+
+def test_plan_keeps_kind_shares_and_sizes(dataset, model):
+    flows = dataset.flows.to_pandas()
+    plan = model.sample(n_flows=4000, seed=1)
+    assert len(plan) == 4000 and np.all(np.diff(plan["start_ns"]) >= 0)
+    real = flows["kind"].astype(str).value_counts(normalize=True)
+    synth = plan["kind"].value_counts(normalize=True)
+    for kind in ("tcp", "udp"):
+        assert abs(real.get(kind, 0) - synth.get(kind, 0)) < 0.05 + model.unsupported_share_
+    # sizes: medians of packets per flow within a factor 2 per kind
+    for kind in ("tcp", "udp"):
+        r = flows.loc[flows["kind"].astype(str) == kind, "bidirectional_packets"].median()
+        s = plan.loc[plan["kind"] == kind, "packets"].median()
+        assert r / 2 <= s <= r * 2, (kind, r, s)
+    assert plan["packets"].min() >= 1
+
+
+def test_hosts_ports_and_pairs_come_from_the_capture(dataset, model):
+    flows = dataset.flows.to_pandas()
+    plan = model.sample(n_flows=2000, seed=2)
+    real_ports = set(flows["dst_port"].dropna().astype(int))
+    assert set(plan["dst_port"]) <= real_ports | {0}
+    # pseudonyms: none of the real unicast addresses appears; special ones (multicast) stay
+    real_ips = {h for h in model.hosts_ if not h.startswith("mac:")}
+    used = set(plan["src_ip"]) | set(plan["dst_ip"])
+    leaked = {a for a in used & real_ips if not (ipaddress.ip_address(a).is_multicast or ipaddress.ip_address(a).is_unspecified)
+              and a != "255.255.255.255"}
+    assert not leaked
+    # ephemeral source ports do not repeat for the same (src, dst, dport) among TCP flows
+    tcp = plan[plan["craft_kind"] == "tcp"]
+    assert not tcp.duplicated(["src_ip", "dst_ip", "src_port", "dst_port"]).any()
+
+
+def test_keep_addresses_reuses_real_ones(dataset):
+    m = AggregateModel(keep_addresses=True).fit(dataset)
+    plan = m.sample(n_flows=300, seed=0)
+    real = set(dataset.flows.column("src_ip").drop_null().to_pylist()) | set(
+        dataset.flows.column("dst_ip").drop_null().to_pylist())
+    assert (set(plan["src_ip"]) | set(plan["dst_ip"])) - real <= {a for a in m.addresses_ if a.startswith("169.254.")}
+
+
+def test_pseudonyms_keep_subnets_locality_and_rank():
+    ips = ["192.168.1.10", "192.168.1.20", "192.168.2.5", "8.8.8.8", "8.8.4.4", "224.0.0.251", "fe80::1", "2a00::1"]
+    pop = np.array([5, 50, 1, 10, 3, 7, 2, 1])
+    out = _pseudonyms(ips, pop)
+    a = [ipaddress.ip_address(x) for x in out]
+    assert out[5] == "224.0.0.251"  # multicast keeps its meaning
+    assert all(x in ipaddress.ip_network("10.0.0.0/8") for x in a[:3])  # local stays local
+    assert ipaddress.ip_network(f"{out[0]}/24", strict=False) == ipaddress.ip_network(f"{out[1]}/24", strict=False)
+    assert ipaddress.ip_network(f"{out[0]}/24", strict=False) != ipaddress.ip_network(f"{out[2]}/24", strict=False)
+    assert int(a[1]) < int(a[0])  # the more popular host gets the lower number in its subnet
+    assert a[3] in ipaddress.ip_network("198.18.0.0/15") and a[4] in ipaddress.ip_network("198.18.0.0/15")
+    assert a[6].is_link_local and a[7] in ipaddress.ip_network("2001:db8::/32")
+    assert out == _pseudonyms(ips, pop)
+
+
+def test_start_times_follow_rate_and_duration(model):
+    length = len(model.rate_counts_) * model.bin_s_  # the learned curve's length in seconds
+    total = model.rate_counts_.sum()
+    plan = model.sample(duration_s=length, seed=4)
+    span = (plan["start_ns"].max() - plan["start_ns"].min()) / 1e9
+    assert span < length
+    assert abs(len(plan) - total) <= 0.05 * total + 3
+    twice = model.sample(duration_s=2 * length, seed=4)
+    assert abs(len(twice) - 2 * total) <= 0.05 * total + 3
+    # the rate keeps its shape: flows per bin correlate with the learned curve
+    bins = ((plan["start_ns"] - model.start_ns_) / 1e9 // model.bin_s_).astype(int)
+    counts = np.bincount(bins, minlength=len(model.rate_counts_))[:len(model.rate_counts_)]
+    if len(counts) > 3:
+        assert np.corrcoef(counts, model.rate_counts_)[0, 1] > 0.8
+
+
+def test_same_seed_same_plan_and_save_load_round_trip(model, tmp_path):
+    a = model.sample(n_flows=500, seed=9)
+    b = model.sample(n_flows=500, seed=9)
+    assert a.equals(b)
+    assert not a.equals(model.sample(n_flows=500, seed=10))
+    path = model.save(tmp_path / "m")
+    assert not any(p.suffix == ".pkl" for p in path.iterdir())
+    again = AggregateModel.load(path)
+    assert again.sample(n_flows=500, seed=9).equals(a)
+    with pytest.raises(OutputExistsError):
+        model.save(tmp_path / "m")
+    (path / "aggregate_model.json").write_text("{}")
+    with pytest.raises(BundleError):
+        AggregateModel.load(path)
