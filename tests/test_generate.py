@@ -124,3 +124,25 @@ def test_cli_generate_needs_a_model(tmp_path):
     res = CliRunner().invoke(app, ["generate", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "x.pcap"),
                                    "--flows", "10"])
     assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_cli_generate_writes_capture(trained, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import necst.generate.sampler as sampler
+    from necst.cli import app
+
+    ds, agg, flows = trained
+    monkeypatch.setattr(sampler, "load_generator", lambda d=None: SimpleNamespace(aggregate=agg, flow=flows, packet=None))
+    out = tmp_path / "x.pcapng"
+    args = ["generate", "--out", str(out), "--packets", "500", "--seed", "3", "--start", "2020-01-02T03:04:05Z",
+            "--format", "pcapng", "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "500 packets" in res.output
+    ts = np.concatenate([b.ts_ns for b in CaptureReader(out)])
+    assert len(ts) == 500 and ts.min() >= 1577934245 * 10**9
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "exists" in res.output
+    res = CliRunner().invoke(app, args[:-1] + ["--force", "--start", "yesterday"])
+    assert res.exit_code == 2 and "ISO-8601" in res.output

@@ -91,6 +91,10 @@ class PacketFields:
     def take(self, idx: np.ndarray) -> "PacketFields":
         return PacketFields({k: v[idx] for k, v in self.cols.items()}, self.apps, dict(self.repairs))
 
+    def slice(self, start: int, stop: int) -> "PacketFields":
+        """Rows start:stop as views (no copy)."""
+        return PacketFields({k: v[start:stop] for k, v in self.cols.items()}, self.apps, dict(self.repairs))
+
     def time_order(self) -> np.ndarray:
         """Indices ordering packets by time, ties kept in flow order (stable)."""
         return np.lexsort((self.cols["pos"], self.cols["flow"], self.cols["ts_ns"]))
@@ -355,6 +359,10 @@ def plan_packets(packets, flows, *, seed: int = 0) -> PacketFields:
     repairs["window_raised"] = int(((win <= 0) & (kp == TCP)).sum())
     win = np.clip(win, 1, 0xFFFF)
     icmp_seq = (c0 + is0) & 0xFFFF
+    has = (pl > 0).astype(np.int64)
+    before = np.where(fwd, _grouped_exclusive_cumsum(has * is0, row_first), _grouped_exclusive_cumsum(has * is1, row_first)) \
+        if n else has
+    first_payload = (pl > 0) & (before == 0)  # the first packet of its direction that carries data
 
     cols = {
         "ts_ns": ts, "flow": flow, "pos": pos, "direction": d.astype(np.uint8),
@@ -373,7 +381,7 @@ def plan_packets(packets, flows, *, seed: int = 0) -> PacketFields:
         "flow_label": label[flow, d].astype(np.uint32),
         "icmp_id": icmp_id[flow].astype(np.uint16), "icmp_seq": icmp_seq.astype(np.uint16),
         "app": app_code[flow] if n else np.zeros(0, np.int16),
-        "first_in_dir": (rank == 0) & (pl > 0),
+        "first_in_dir": first_payload,
     }
     del ip_len
     return PacketFields(cols, apps, repairs)

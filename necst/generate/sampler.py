@@ -173,10 +173,10 @@ class Sampler:
                 out = pending.take(emit)
                 pending = pending.take(rest)
                 if n_packets is not None:
-                    out = out.take(np.arange(min(len(out), n_packets - written)))
+                    out = out.slice(0, min(len(out), n_packets - written))
                 for i in range(0, len(out), MAX_BATCH_PACKETS):
                     t = time.perf_counter()
-                    part = out.take(np.arange(i, min(i + MAX_BATCH_PACKETS, len(out))))
+                    part = out.slice(i, min(i + MAX_BATCH_PACKETS, len(out)))
                     written += len(part)
                     frames = build_frames(part, layout=self.layout, payload=self.payload, arena=self._arena)
                     self.timings["frames"] += time.perf_counter() - t
