@@ -127,6 +127,8 @@ def detect_score(
     from necst.detect.api import score_capture
 
     rep = score_capture(capture, detector, out, force=force)
+    for w in rep.get("warnings", []):
+        typer.echo(f"warning: {w}", err=True)
     typer.echo(f"{rep['decision']}: {rep['anomalous_units']} of {rep['total_units']} {rep['mode']} units "
                f"over threshold {rep['threshold']:.6g} -> {out}")
 
