@@ -85,6 +85,52 @@ def process(
     )
 
 
+@app.command()
+@clean_errors
+def evaluate(
+    real: Path = typer.Argument(..., help="Real traffic: a capture or a dataset folder."),
+    synth: Optional[Path] = typer.Argument(None, help="Synthetic traffic: a capture or a dataset folder (leave out to score only the floor and --baseline)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder to write."),
+    floor: Optional[Path] = typer.Option(None, "--floor", help="A second real sample: the real-vs-real floor."),
+    split: Optional[float] = typer.Option(None, "--split", help="Cut REAL by time: the first part is the reference, the rest the floor (e.g. 0.7)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Also score a trivial generator: 'marginals'."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the baseline and the discriminator."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing report folder."),
+) -> None:
+    """Fidelity report: every metric beside the real-vs-real floor (report.json, report.html, plots/)."""
+    import time
+
+    from necst.evaluate import evaluate as run_evaluation, write_report
+    from necst.evaluate.report import load_sample
+
+    started = time.perf_counter()
+
+    if floor is not None and split is not None:
+        _fail("give --floor or --split, not both")
+    if out.exists() and not force:
+        _fail(f"{out}: exists already (use --force to overwrite)")
+    if synth is None and baseline is None:
+        _fail("give SYNTH, or --baseline marginals to score the trivial generator alone")
+    labels = {"real": str(real), "synth": str(synth) if synth is not None else "none"}
+    if floor is not None:
+        labels["floor"] = str(floor)
+    result = run_evaluation(
+        load_sample(real, name="REAL"),
+        None if synth is None else load_sample(synth, name="SYNTH"),
+        floor=None if floor is None else load_sample(floor, name="floor"),
+        split=split, baseline=baseline, seed=seed, labels=labels,
+    )
+    write_report(result, out, force=force)
+    summary = result.report.get("summary", {})
+    for key, s in summary.items():
+        typer.echo(f"{key}: median ratio to floor {s['median_ratio']:.2f}x, "
+                   f"{s['within_2x']}/{s['metrics_with_ratio']} metrics within 2x")
+    for key, d in result.report["discriminator"].items():
+        if d and d.get("auc") is not None:
+            typer.echo(f"discriminator ROC AUC, reference vs {key}: {d['auc']:.3f} "
+                       f"(0.5 = indistinguishable)")
+    typer.echo(f"report -> {out / 'report.html'} ({time.perf_counter() - started:.1f} s)")
+
 detect_app = typer.Typer(help="The autoencoder anomaly detector: train on normal traffic, score captures.",
                          no_args_is_help=True)
 app.add_typer(detect_app, name="detect")

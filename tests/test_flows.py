@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pytest
 from hypothesis import given, settings, HealthCheck
 from hypothesis import strategies as st
 
@@ -268,12 +267,15 @@ def meter_in_batches(rows, cuts, **kw):
         flows.append(f)
         lo = hi
     flows.append(meter.finish())
-    return pa.concat_tables(cols), pa.concat_tables(flows).sort_by("flow_id")
+    flows = pa.concat_tables(flows)
+    if meter.ordered:  # emitted in flow_id order: a streaming writer gets flow_id == row number
+        assert flows.column("flow_id").to_pylist() == list(range(flows.num_rows))
+    return pa.concat_tables(cols), flows.sort_by("flow_id")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(random_capture(), st.booleans(), st.sampled_from([(120.0, 1800.0), (1.0, 2.5)]))
-def test_matches_reference_and_any_batch_split(capture, tcp_close, timeouts):
+@given(random_capture(), st.booleans(), st.sampled_from([(120.0, 1800.0), (1.0, 2.5)]), st.booleans())
+def test_matches_reference_and_any_batch_split(capture, tcp_close, timeouts, ordered):
     rows, cuts = capture
     idle, active = timeouts
     one_cols, one_flows = FlowMeter(idle, active, tcp_close).process(packets(rows))
@@ -284,7 +286,7 @@ def test_matches_reference_and_any_batch_split(capture, tcp_close, timeouts):
     assert [(f["flow_id"], f["bidirectional_packets"], f["end_reason"]) for f in flows] == ref_flows
     assert one_flows.column("flow_id").to_pylist() == list(range(one_flows.num_rows))
     cols, split_flows = meter_in_batches(rows, cuts, idle_timeout=idle, active_timeout=active,
-                                         tcp_close=tcp_close)
+                                         tcp_close=tcp_close, ordered=ordered)
     assert cols.equals(one_cols)
     assert split_flows.to_pylist() == flows
 

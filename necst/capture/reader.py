@@ -86,17 +86,34 @@ class CaptureReader:
         while True:
             buf = bytearray(len(rest) + self.chunk_bytes + PAD)
             buf[: len(rest)] = rest
-            try:
-                got = f.readinto(memoryview(buf)[len(rest) : len(rest) + self.chunk_bytes])
-            except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
-                self._warn(f"{self.path}: compressed stream ends early or is corrupt ({e}); kept every complete packet")
-                got = 0
+            got, broken = self._fill(f, memoryview(buf)[len(rest) : len(rest) + self.chunk_bytes])
             if not got:
                 self.leftover = len(rest)
                 return
             length = len(rest) + got
+            if broken:  # walk what was decompressed, then end
+                yield buf, length
+                self.leftover = 0
+                return
             stop = yield buf, length
             rest = bytes(memoryview(buf)[stop:length])
+
+    def _fill(self, f: BinaryIO, view: memoryview) -> tuple[int, bool]:
+        """Read into view; (bytes read, whether the stream broke). Small steps, so that a gzip
+        stream cut short loses only its last, incomplete piece."""
+        got = 0
+        step = len(view) if not self.compressed else 1 << 16
+        while got < len(view):
+            try:
+                k = f.readinto(view[got : got + step])
+            except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+                self._warn(f"{self.path}: compressed stream ends early or is corrupt ({e}); "
+                           "kept every complete packet before it")
+                return got, True
+            if not k:
+                break
+            got += k
+        return got, False
 
     def __iter__(self) -> Iterator[RawBatch]:
         f, self.compressed = _open(self.path)
@@ -110,16 +127,19 @@ class CaptureReader:
             if len(head) < 4:
                 raise CaptureError("too short to be a capture (under 4 bytes)", self.path)
             magic = struct.unpack("<I", head)[0]
-            if magic in _PCAP_MAGICS:
-                self.format = "pcap"
-                yield from self._read_pcap(f, head, magic)
-            elif magic == _PCAPNG_SHB:
-                self.format = "pcapng"
-                yield from self._read_pcapng(f, head)
-            else:
+            if magic not in _PCAP_MAGICS and magic != _PCAPNG_SHB:
                 raise CaptureError(
                     f"unknown capture format (magic bytes {head.hex()}); expected pcap, pcapng or gzip", self.path
                 )
+            try:
+                if magic in _PCAP_MAGICS:
+                    self.format = "pcap"
+                    yield from self._read_pcap(f, head, magic)
+                else:
+                    self.format = "pcapng"
+                    yield from self._read_pcapng(f, head)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a file header inside broken gzip
+                raise CaptureError(f"compressed data is corrupt or cut short ({e})", self.path) from None
 
     # -- classic pcap -----------------------------------------------------------------------
     def _read_pcap(self, f: BinaryIO, head: bytes, magic: int) -> Iterator[RawBatch]:

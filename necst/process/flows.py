@@ -23,10 +23,14 @@ Rules (chosen to match NFStream 6.x wherever NFStream has a rule, so the two com
 * ``flow_iat_ns`` uses the same non-decreasing meter time, so it is never negative.
 
 The meter sorts each batch by (key, capture order), splits on idle gaps with ``np.diff``, finds
-active-timeout and close splits with ``searchsorted`` / next-index arrays (one vectorized round
-per split depth, not per packet), and aggregates contiguous runs with ``reduceat``. Open flows are
+active-timeout and close splits with ``searchsorted`` (one vectorized round per split depth within
+a key, not per packet), and aggregates contiguous runs with ``reduceat``. Open flows are
 prepended to the next batch as one "virtual" row each that carries their partial aggregates, so
 any split of the input into batches gives the same result as one batch.
+
+API: ``FlowMeter(idle_timeout, active_timeout, tcp_close=True, ordered=True)``;
+``update(packets) -> (flow columns of these packets, ended flows)``; ``finish() -> the rest``;
+``process(packets)`` and ``assign_flows(packets)`` for one-shot use. One meter per capture file.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ END_REASONS = ("idle", "active", "fin", "rst", "eof")
 _IDLE, _ACTIVE, _FIN, _RST, _EOF = range(5)
 _FIN_F, _SYN_F, _RST_F, _ACK_F = 0x001, 0x002, 0x004, 0x010
 _BIG = np.iinfo(np.int64).max // 4
+# per-packet flag bits the meter needs, sorted as one column
+_B_FIN_LO, _B_FIN_HI, _B_RST, _B_SYN, _B_SYNACK, _B_ACK = 1, 2, 4, 8, 16, 32
 _NS_PER_MS = 1_000_000
 
 PACKET_FLOW_SCHEMA = pa.schema([PACKET_SCHEMA.field(n) for n in FLOW_COLUMNS_OF_PACKETS])
@@ -72,37 +78,60 @@ class _Interner:
                 chunk = pc.dictionary_encode(chunk)
             mapping = np.fromiter((self._code(v) for v in chunk.dictionary.to_pylist()),
                                   dtype=np.int64, count=len(chunk.dictionary))
-            idx = pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
             if mapping.size == 0:
                 out.append(np.full(len(chunk), -1, np.int64))
+            elif chunk.null_count == 0:
+                out.append(mapping[chunk.indices.to_numpy()])
             else:
+                idx = pc.fill_null(chunk.indices, -1).to_numpy().astype(np.int64)
                 out.append(np.where(idx >= 0, mapping[np.maximum(idx, 0)], -1))
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
     def decode(self, codes: np.ndarray) -> pa.Array:
-        table = np.array(self.values + [None], dtype=object)
-        return pa.array(table[np.where(codes >= 0, codes, len(self.values))], pa.string())
+        indices = pa.array(codes.astype(np.int32), pa.int32(), mask=codes < 0)
+        return pa.DictionaryArray.from_arrays(indices, pa.array(self.values, pa.string())).cast(pa.string())
 
 
 def _num(table: pa.Table, name: str, fill: int = -1) -> np.ndarray:
     if name not in table.column_names:
         return np.full(table.num_rows, fill, np.int64)
     col = table.column(name)
-    if col.type != pa.int64():
-        col = pc.cast(col, pa.int64())
-    if col.null_count:
-        col = pc.fill_null(col, fill)
-    return col.to_numpy().astype(np.int64, copy=False)
+    if col.null_count == 0:
+        return col.to_numpy().astype(np.int64, copy=False)
+    values = pc.fill_null(col, 0).to_numpy().astype(np.int64)
+    values[col.is_null().to_numpy(zero_copy_only=False)] = fill
+    return values
 
 
-def _next_true(mask: np.ndarray) -> np.ndarray:
-    """next_true(m)[i] = smallest j >= i with m[j], else len(m); one extra slot at the end."""
-    n = mask.size
-    idx = np.where(mask, np.arange(n, dtype=np.int64), n)
-    out = np.empty(n + 1, np.int64)
-    out[n] = n
-    out[:n] = np.minimum.accumulate(idx[::-1])[::-1]
-    return out
+def _group_keys(w1: np.ndarray, w2: np.ndarray, w3: np.ndarray) -> np.ndarray:
+    """Exact group codes of (w1, w2, w3), numbered by first appearance.
+
+    One hash factorize, then a check that every row equals its group's first row; a 64-bit
+    collision (never seen in practice) falls back to exact nested factorizing.
+    """
+    with np.errstate(over="ignore"):
+        h = (w1.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ w2.view(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+             ^ w3.view(np.uint64) * np.uint64(0x165667B19E3779F9))
+        h ^= h >> np.uint64(29)
+    codes, uniq = pd.factorize(h)
+    first = np.empty(len(uniq), np.int64)
+    first[codes[::-1]] = np.arange(codes.size - 1, -1, -1)
+    rep = first[codes]
+    if (np.array_equal(w1, w1[rep]) and np.array_equal(w2, w2[rep]) and np.array_equal(w3, w3[rep])):
+        return codes.astype(np.int64, copy=False)
+    c12 = pd.factorize(pd.factorize(w1)[0].astype(np.int64) * (w2.size + 1) + pd.factorize(w2)[0])[0]
+    return pd.factorize(c12.astype(np.int64) * (w3.size + 1) + pd.factorize(w3)[0])[0].astype(np.int64)
+
+
+class _NextTrue:
+    """Query "first j >= i with mask[j]" (len(mask) if none) at chosen positions only."""
+
+    def __init__(self, mask: np.ndarray):
+        self.pos = np.append(np.flatnonzero(mask), mask.size)
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        return self.pos[np.minimum(np.searchsorted(self.pos, idx), self.pos.size - 1)]
 
 
 # Per-flow state carried between batches (all int64 arrays, one entry per open flow).
@@ -132,17 +161,22 @@ class FlowMeter:
     idle_timeout: float = 120.0
     active_timeout: float = 1800.0
     tcp_close: bool = True
-    _ips: _Interner = field(default_factory=_Interner, repr=False)
-    _macs: _Interner = field(default_factory=_Interner, repr=False)
-    _apps: _Interner = field(default_factory=_Interner, repr=False)
-    _state: dict = field(default=None, repr=False)
-    _app_counts: np.ndarray = field(default=None, repr=False)  # rows (flow_id, app, count)
-    _tick_ns: int = field(default=np.iinfo(np.int64).min, repr=False)
-    _next_id: int = field(default=0, repr=False)
+    ordered: bool = True  # emit ended flows in flow_id order (held back until older ones end)
+    _ips: _Interner = field(init=False, repr=False)  # string -> code, stable across batches
+    _macs: _Interner = field(init=False, repr=False)
+    _apps: _Interner = field(init=False, repr=False)
+    _state: dict = field(init=False, repr=False)  # open flows, columns of _STATE
+    _app_counts: np.ndarray = field(init=False, repr=False)  # open flows' (flow_id, app, count)
+    _tick_ns: int = field(init=False, repr=False)  # meter time: newest timestamp so far
+    _next_id: int = field(init=False, repr=False)
+    _held: pa.Table = field(init=False, repr=False)  # ended flows waiting for older open ones
 
     def __post_init__(self) -> None:
         if not (self.idle_timeout > 0 and self.active_timeout > 0):
             raise ValueError("idle_timeout and active_timeout must be positive")
+        self._ips, self._macs, self._apps = _Interner(), _Interner(), _Interner()
+        self._tick_ns, self._next_id = int(np.iinfo(np.int64).min), 0
+        self._held = FLOW_SCHEMA.empty_table()
         self._idle_ms = int(round(self.idle_timeout * 1000))
         self._active_ms = int(round(self.active_timeout * 1000))
         self._state = {k: np.empty(0, np.int64) for k in _STATE}
@@ -154,6 +188,9 @@ class FlowMeter:
         return int(self._state["flow_id"].size)
 
     def update(self, packets: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """Meter the next packets of the capture (PacketTable columns; flow columns and any
+        others are ignored). Cost is linear in this batch plus the open flows, so batches of
+        about 100k packets (the reader's) keep the carried state a small share of the work."""
         n = packets.num_rows
         if n == 0:
             return PACKET_FLOW_SCHEMA.empty_table(), FLOW_SCHEMA.empty_table()
@@ -161,14 +198,17 @@ class FlowMeter:
         return self._meter(batch)
 
     def finish(self) -> pa.Table:
+        """The flows still open at the end of the capture; the meter is then empty."""
         st = self._state
         m = st["flow_id"].size
         reason = np.where(st["closed"] > 0, st["closed"], _EOF)
-        app = self._best_app(np.arange(m), st["flow_id"], self._app_counts)
+        counts = self._app_counts
+        groups = self._carried_groups(counts[:, 0], st["flow_id"])
+        app = self._best_app(np.stack([groups, counts[:, 1], counts[:, 2]], axis=1), m)
         out = self._flow_table(st, np.arange(m), reason, app)
         self._state = {k: np.empty(0, np.int64) for k in _STATE}
         self._app_counts = np.empty((0, 3), np.int64)
-        return out
+        return self._release(out)
 
     def process(self, packets: pa.Table) -> tuple[pa.Table, pa.Table]:
         """One-shot: the four flow columns for every packet, and all flows sorted by flow_id."""
@@ -211,11 +251,10 @@ class FlowMeter:
             src_mac=src_mac, dst_mac=dst_mac, protocol=proto, ip_version=_num(t, "ip_version"),
             vlan_id=vlan, ethertype=ethertype, kind=kind, app=app,
             # a FIN from the lower / higher endpoint; talking to itself, one FIN closes both ways
-            fin_lo=fin & (side == 0), fin_hi=fin & ((side == 1) | (ea == eb)),
-            rst=is_tcp & has(_RST_F),
-            pure_syn=is_tcp & has(_SYN_F) & ~has(_ACK_F),
-            synack=is_tcp & has(_SYN_F) & has(_ACK_F),
-            ack_only=is_tcp & has(_ACK_F) & ~has(_SYN_F),
+            bits=((fin & (side == 0)) * _B_FIN_LO | (fin & ((side == 1) | (ea == eb))) * _B_FIN_HI
+                  | (is_tcp & has(_RST_F)) * _B_RST | (is_tcp & has(_SYN_F) & ~has(_ACK_F)) * _B_SYN
+                  | (is_tcp & has(_SYN_F) & has(_ACK_F)) * _B_SYNACK
+                  | (is_tcp & has(_ACK_F) & ~has(_SYN_F)) * _B_ACK),
         )
 
     # ------------------------------------------------------------------ the meter
@@ -229,11 +268,7 @@ class FlowMeter:
             return np.concatenate([np.asarray(state_values, np.int64), np.asarray(batch_values, np.int64)])
 
         # --- key codes and the (key, capture order) sort
-        c1 = pd.factorize(cat(st["w1"], b["w1"]))[0]
-        c2, u2 = pd.factorize(cat(st["w2"], b["w2"]))
-        c12 = pd.factorize(c1.astype(np.int64) * max(len(u2), 1) + c2)[0]
-        c3, u3 = pd.factorize(cat(st["w3"], b["w3"]))
-        key, keys = pd.factorize(c12.astype(np.int64) * max(len(u3), 1) + c3)
+        key = _group_keys(*(cat(st[k], b[k]) for k in ("w1", "w2", "w3")))
         order = np.argsort(key, kind="stable")
         key = key.astype(np.int64)[order]
         virt = virt_all[order]
@@ -242,15 +277,26 @@ class FlowMeter:
         def srt(state_values, batch_values):
             return cat(state_values, batch_values)[order]
 
+        def at(state_values, batch_values, idx):
+            """Values at sorted positions idx without sorting whole columns."""
+            o = order[idx]
+            out = np.empty(o.size, np.int64)
+            v = o < m
+            out[v] = np.asarray(state_values)[o[v]]
+            out[~v] = np.asarray(batch_values)[o[~v] - m]
+            return out
+
         t = srt(st["last_ms"], b["t"])
-        start_t = srt(st["first_ms"], b["t"])
         side = srt(st["init_side"], b["side"])
         closed_st = st["closed"]
         tcp_close = self.tcp_close
-        fin_lo = srt((st["fin_lo"] > 0) | (closed_st == _FIN), b["fin_lo"]) > 0
-        fin_hi = srt((st["fin_hi"] > 0) | (closed_st == _FIN), b["fin_hi"]) > 0
-        rst = srt(closed_st == _RST, b["rst"]) > 0
-        syn = srt(np.zeros(m), b["pure_syn"]) > 0
+        # carried flows' close state goes into their virtual row's flag bits
+        state_bits = (((st["fin_lo"] > 0) | (closed_st == _FIN)) * _B_FIN_LO
+                      | ((st["fin_hi"] > 0) | (closed_st == _FIN)) * _B_FIN_HI
+                      | (closed_st == _RST) * _B_RST)
+        bits = srt(state_bits, b["bits"])
+        fin_lo, fin_hi = (bits & _B_FIN_LO) > 0, (bits & _B_FIN_HI) > 0
+        rst, syn = (bits & _B_RST) > 0, (bits & _B_SYN) > 0
 
         # --- base segments: key starts and idle gaps
         key_start = np.empty(N, bool)
@@ -264,12 +310,13 @@ class FlowMeter:
         # --- active-timeout and TCP-close splits, one vectorized round per split depth
         seg = np.flatnonzero(starts_mask)
         seg_end = np.append(seg[1:], N)
-        span = int(max(t.max(), start_t.max()) - start_t.min()) + self._active_ms + 1
-        t_rel = t - start_t.min()
+        t_lo = int(min(t.min(), st["first_ms"].min())) if m else int(t.min())
+        span = int(t.max()) - t_lo + self._active_ms + 1
+        t_rel = t - t_lo
         composite = key * span + t_rel
         if tcp_close:
-            nxt_rst, nxt_lo, nxt_hi, nxt_syn = (_next_true(a) for a in (rst, fin_lo, fin_hi, syn))
-        cur, cur_end, cur_t0 = seg, seg_end, start_t[seg] - start_t.min()
+            nxt_rst, nxt_lo, nxt_hi, nxt_syn = (_NextTrue(a) for a in (rst, fin_lo, fin_hi, syn))
+        cur, cur_end, cur_t0 = seg, seg_end, at(st["first_ms"], b["t"], seg) - t_lo
         while cur.size:
             nxt = np.searchsorted(composite, key[cur] * span + cur_t0 + self._active_ms, "left")
             if tcp_close:
@@ -349,21 +396,20 @@ class FlowMeter:
             "d2s_first_ms": extreme("d2s_first_ms", t, bwd, np.minimum, _BIG),
             "s2d_last_ms": extreme("s2d_last_ms", t, fwd, np.maximum, -1),
             "d2s_last_ms": extreme("d2s_last_ms", t, bwd, np.maximum, -1),
-            "synack_pos": extreme("synack_pos", pos, bwd & (srt(np.zeros(m), b["synack"]) > 0),
+            "synack_pos": extreme("synack_pos", pos, bwd & ((bits & _B_SYNACK) > 0),
                                   np.minimum, _BIG),
-            "ack_pos": extreme("ack_pos", pos, fwd & (srt(np.zeros(m), b["ack_only"]) > 0),
+            "ack_pos": extreme("ack_pos", pos, fwd & ((bits & _B_ACK) > 0),
                                np.minimum, _BIG),
             "fin_lo": np.maximum.reduceat(fin_lo.astype(np.int64), fs),
             "fin_hi": np.maximum.reduceat(fin_hi.astype(np.int64), fs),
         }
-        agg["first_ms"] = start_t[fs]
+        agg["first_ms"] = at(st["first_ms"], b["t"], fs)
         agg["last_ms"] = t[fe - 1]
-        ts_s = srt(st["last_ns"], b["ts"])
-        agg["first_ns"] = np.where(fvirt, carried("first_ns"), ts_s[fs])
-        agg["last_ns"] = ts_s[fe - 1]
+        agg["first_ns"] = at(st["first_ns"], b["ts"], fs)
+        agg["last_ns"] = at(st["last_ns"], b["ts"], fe - 1)
         agg["last_meter_ns"] = meter_s[fe - 1]
-        agg["syn0"] = np.where(fvirt, carried("syn0"), srt(np.zeros(m), b["pure_syn"])[fs])
-        agg["w1"], agg["w2"], agg["w3"] = (srt(st[k], b[k])[fs] for k in ("w1", "w2", "w3"))
+        agg["syn0"] = np.where(fvirt, carried("syn0"), (bits[fs] & _B_SYN) > 0)
+        agg["w1"], agg["w2"], agg["w3"] = (at(st[k], b[k], fs) for k in ("w1", "w2", "w3"))
         agg["flow_id"] = fid
         agg["init_side"] = init_side
         for k in ("src_ip", "dst_ip", "src_port", "dst_port", "src_mac", "dst_mac",
@@ -390,17 +436,27 @@ class FlowMeter:
                           np.where(~last_of_key & ~next_is_idle, _ACTIVE, _IDLE))
 
         # --- application labels: counts per (flow, app), carried for open flows
-        counts = self._app_tally(b["app"], src, real, row_flow, fid, fs, nflows)
+        unknown = self._apps.index.get("unknown", -2)
+        rows_app = np.full(N, -1, np.int64)
+        rows_app[real] = b["app"][src[real]]
+        lab = (rows_app >= 0) & (rows_app != unknown)
+        old = self._app_counts
+        counts = self._tally(
+            np.concatenate([self._carried_groups(old[:, 0], fid), row_flow[lab]]),
+            np.concatenate([old[:, 1], rows_app[lab]]),
+            np.concatenate([old[:, 2], np.ones(int(lab.sum()), np.int64)]))
+        best_app = self._best_app(counts, nflows)
 
         done = np.flatnonzero(ended)
         done = done[np.argsort(fid[done], kind="stable")]
-        app = self._best_app(done, fid, counts)
+        app = best_app[done]
         flows = self._flow_table(agg, done, reason[done], app)
 
         keep = np.flatnonzero(~ended)
         self._state = {k: agg[k][keep] for k in _STATE}
-        open_ids = fid[keep]
-        self._app_counts = counts[np.isin(counts[:, 0], open_ids)] if counts.size else counts
+        still_open = ~ended[counts[:, 0]]
+        self._app_counts = np.stack([fid[counts[still_open, 0]], counts[still_open, 1],
+                                     counts[still_open, 2]], axis=1)
 
         pkt = pa.table(
             {
@@ -411,50 +467,52 @@ class FlowMeter:
             },
             schema=PACKET_FLOW_SCHEMA,
         )
-        return pkt, flows
+        return pkt, self._release(flows)
+
+    def _release(self, ended: pa.Table) -> pa.Table:
+        """In ordered mode, the ended flows whose ids precede every open flow's, in id order.
+
+        A flow lasts at most active_timeout and ends idle_timeout after its last packet, so
+        what is held back is bounded by the flows of the last half hour, not the capture."""
+        if not self.ordered:
+            return ended.sort_by("flow_id")
+        pool = pa.concat_tables([self._held, ended]).sort_by("flow_id") if ended.num_rows else self._held
+        ids = self._state["flow_id"]
+        cut = pool.num_rows if ids.size == 0 else int(np.searchsorted(
+            pool.column("flow_id").to_numpy(), ids.min()))
+        self._held = pool.slice(cut)
+        return pool.slice(0, cut)
 
     # ------------------------------------------------------------------ labels
-    def _app_tally(self, app_codes, src, real, row_flow, fid, fs, nflows) -> np.ndarray:
-        """(flow_id, app, count) rows for this batch plus the carried open flows' counts."""
-        unknown = self._apps.index.get("unknown", -2)
-        rows_app = np.full(src.size, -1, np.int64)
-        rows_app[real] = app_codes[src[real]]
-        lab = (rows_app >= 0) & (rows_app != unknown)
-        f = fid[row_flow[lab]]
-        a = rows_app[lab]
-        w = np.ones(f.size, np.int64)
-        if self._app_counts.size:
-            f = np.concatenate([self._app_counts[:, 0], f])
-            a = np.concatenate([self._app_counts[:, 1], a])
-            w = np.concatenate([self._app_counts[:, 2], w])
-        if f.size == 0:
+    def _tally(self, group: np.ndarray, app: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """(group, app, count) rows: hashed, so linear in the number of labelled packets."""
+        if group.size == 0:
             return np.empty((0, 3), np.int64)
         napps = max(len(self._apps.values), 1)
-        combo, inv = np.unique(f * napps + a, return_inverse=True)
-        cnt = np.bincount(inv.ravel(), weights=w).astype(np.int64)
-        return np.stack([combo // napps, combo % napps, cnt], axis=1)
+        codes, combos = pd.factorize(group * napps + app)
+        count = np.bincount(codes, weights=weight, minlength=len(combos)).astype(np.int64)
+        combos = np.asarray(combos, np.int64)
+        return np.stack([combos // napps, combos % napps, count], axis=1)
 
-    def _best_app(self, rows, fid, counts) -> np.ndarray:
-        """Most common labelled app per flow; ties go to the alphabetically first label."""
-        out = np.full(rows.size, -1, np.int64)
-        if counts.size == 0 or rows.size == 0:
+    def _best_app(self, counts: np.ndarray, ngroups: int) -> np.ndarray:
+        """Most common labelled app per group (-1 none); ties go to the alphabetically first."""
+        out = np.full(ngroups, -1, np.int64)
+        if counts.size == 0:
             return out
-        names = np.array(self._apps.values, dtype=object)
+        names = np.array(self._apps.values, dtype=str)
         alpha = np.empty(len(names), np.int64)
-        alpha[np.argsort(names.astype(str), kind="stable")] = np.arange(len(names))
-        sel = counts[np.isin(counts[:, 0], fid[rows])]
-        if sel.size == 0:
-            return out
-        o = np.lexsort((alpha[sel[:, 1]], -sel[:, 2], sel[:, 0]))
-        sel = sel[o]
-        first = np.ones(len(sel), bool)
-        first[1:] = sel[1:, 0] != sel[:-1, 0]
-        best = sel[first]
-        pos = np.searchsorted(best[:, 0], fid[rows])
-        pos = np.minimum(pos, len(best) - 1)
-        hit = best[pos, 0] == fid[rows]
-        out[hit] = best[pos[hit], 1]
+        alpha[np.argsort(names, kind="stable")] = np.arange(len(names))
+        o = np.lexsort((alpha[counts[:, 1]], -counts[:, 2], counts[:, 0]))
+        ranked = counts[o]
+        first = np.ones(len(ranked), bool)
+        first[1:] = ranked[1:, 0] != ranked[:-1, 0]
+        out[ranked[first, 0]] = ranked[first, 1]
         return out
+
+    def _carried_groups(self, fids: np.ndarray, flow_ids: np.ndarray) -> np.ndarray:
+        """Index in flow_ids of each carried count row's flow (all of them are present)."""
+        o = np.argsort(flow_ids, kind="stable")
+        return o[np.searchsorted(flow_ids[o], fids)]
 
     # ------------------------------------------------------------------ output
     def _flow_table(self, agg: dict, rows: np.ndarray, reason: np.ndarray, app: np.ndarray) -> pa.Table:
