@@ -125,7 +125,7 @@ def _process_one(path: Path, index: int, out_dir: Path, idle_timeout: float, act
     pq.write_table(flows, out_dir / FLOWS_FILE, **_PARQUET_OPTS)
     return {
         "path": str(path),
-        "sha256": sha256_of(path),
+        "sha256": reader.sha256,
         "size": path.stat().st_size,
         "format": reader.format,
         "compressed": reader.compressed,
