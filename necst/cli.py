@@ -6,7 +6,6 @@ them, so `necst --help` and `necst process` start fast.
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import List, Optional
 

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from necst.errors import DatasetError
-from necst.process.dataset import flow_ids_are_rows, load_dataset, process_captures, sha256_of
+from necst._files import sha256_file as sha256_of
+from necst.process.dataset import flow_ids_are_rows, load_dataset, process_captures
 from necst.schema import FLOW_SCHEMA, PACKET_SCHEMA
 
 

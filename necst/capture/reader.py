@@ -15,6 +15,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from necst._files import sha256_file
 from necst.capture.batch import RawBatch
 from necst.errors import CaptureError
 
@@ -81,14 +82,6 @@ def _open(path: Path) -> tuple[BinaryIO, bool]:
     if head == _GZIP_MAGIC:
         return gzip.GzipFile(fileobj=f, mode="rb"), True
     return _HashingFile(f), False
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class CaptureReader:
@@ -160,7 +153,7 @@ class CaptureReader:
         """The file's sha256: from the bytes the reader went through when it read them all, else read anew."""
         if self._hashing is not None and self._hashing.at_end:
             return self._hashing.hash.hexdigest()
-        return _sha256_of(self.path)
+        return sha256_file(self.path)
 
     def __iter__(self) -> Iterator[RawBatch]:
         f, self.compressed = _open(self.path)

@@ -13,7 +13,7 @@ baseline gives identical scores.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import pandas as pd

@@ -7,7 +7,6 @@ flow ids offset, so the result does not depend on the number of workers.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -44,14 +43,6 @@ class Dataset:
     packets: pa.Table
     flows: pa.Table
     meta: dict
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_inputs(paths: Sequence[str | Path]) -> list[Path]:
