@@ -208,12 +208,14 @@ def _format_macs(b: _Bytes, rel: np.ndarray, valid: np.ndarray) -> pa.Array:
 
 
 def _dictionary(keys: np.ndarray, valid: np.ndarray, fmt) -> pa.Array:
-    """Format only the distinct keys, then index them."""
+    """Format only the distinct keys (hash-factorized, in order of first appearance), then index them."""
+    import pandas as pd  # hash factorization beats sorting; the flow stage imports pandas anyway
+
     n = len(keys)
     indices = np.zeros(n, dtype=np.int32)
     words: list[str] = []
     if valid.any():
-        uniq, codes = np.unique(keys[valid], return_inverse=True)
+        codes, uniq = pd.factorize(keys[valid])
         indices[valid] = codes
         words = [fmt(v) for v in uniq]
     return pa.DictionaryArray.from_arrays(pa.array(indices, mask=~valid), pa.array(words, type=pa.string()))
