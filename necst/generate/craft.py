@@ -294,7 +294,8 @@ def plan_packets(packets, flows, *, seed: int = 0) -> PacketFields:
     n = len(flow)
     row_first, firsts = _flow_starts(flow) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     pos = np.arange(n) - row_first
-    ts = pd.Series(ts).groupby(flow, sort=False).cummax().to_numpy() if n else ts
+    if n and np.any((np.diff(ts) < 0) & (flow[1:] == flow[:-1])):  # times going back inside a flow
+        ts = pd.Series(ts).groupby(flow, sort=False).cummax().to_numpy()
     kp = kind[flow]
 
     src_ip, ver_s = _parse_ips(np.asarray(_column(flows, "src_ip")))
@@ -364,14 +365,15 @@ def plan_packets(packets, flows, *, seed: int = 0) -> PacketFields:
         if n else has
     first_payload = (pl > 0) & (before == 0)  # the first packet of its direction that carries data
 
+    ips = np.stack([src_ip, dst_ip])
+    macs = np.stack([src_mac, dst_mac])
     cols = {
         "ts_ns": ts, "flow": flow, "pos": pos, "direction": d.astype(np.uint8),
         "kind": kp.astype(np.uint8), "ip_version": ipver[flow].astype(np.uint8),
         "tcp_flags": fl.astype(np.uint16), "payload_len": pl.astype(np.int64),
-        "ip_src": np.where(fwd[:, None], src_ip[flow], dst_ip[flow]),
-        "ip_dst": np.where(fwd[:, None], dst_ip[flow], src_ip[flow]),
-        "mac_src": np.where(fwd[:, None], src_mac[flow], dst_mac[flow]),
-        "mac_dst": np.where(fwd[:, None], dst_mac[flow], src_mac[flow]),
+        # one gather per field from the (side, flow) stack: side = direction for the sender
+        "ip_src": ips[d, flow], "ip_dst": ips[1 - d, flow],
+        "mac_src": macs[d, flow], "mac_dst": macs[1 - d, flow],
         "sport": np.where(fwd, sport[flow], dport[flow]).astype(np.uint16),
         "dport": np.where(fwd, dport[flow], sport[flow]).astype(np.uint16),
         "ttl": np.clip(np.where(fwd, ttl_s[flow], ttl_d[flow]), 1, 255).astype(np.uint8),

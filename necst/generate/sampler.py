@@ -69,7 +69,9 @@ def craft_flow_table(plan: pd.DataFrame) -> pd.DataFrame:
 
 def packet_table(plan: pd.DataFrame, flow_packets: pd.DataFrame) -> pd.DataFrame:
     """Per-packet columns for :func:`plan_packets`: timestamps from each flow's start plus its gaps."""
-    fp = flow_packets.sort_values(["flow", "pos"], kind="stable")
+    f0, p0 = flow_packets["flow"].to_numpy(np.int64), flow_packets["pos"].to_numpy(np.int64)
+    in_order = len(f0) < 2 or bool(np.all((f0[1:] > f0[:-1]) | ((f0[1:] == f0[:-1]) & (p0[1:] >= p0[:-1]))))
+    fp = flow_packets if in_order else flow_packets.sort_values(["flow", "pos"], kind="stable")
     flow = fp["flow"].to_numpy(np.int64)
     gap = np.nan_to_num(fp["gap_s"].to_numpy(float), nan=0.0, posinf=0.0)
     gap_ns = np.rint(np.maximum(gap, 0.0) * 1e9).astype(np.int64)
