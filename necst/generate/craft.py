@@ -37,9 +37,11 @@ TCP repair rules (as little change as possible; counted in ``PacketFields.repair
 6. A window of 0 becomes 1 (a zero window is an event Wireshark flags).
 
 Other repairs (all kinds): 7. a non-empty TCP or UDP payload to a port whose dissector needs a
-minimum message (DNS and mDNS/LLMNR/NBNS 12 bytes, NTP 48, DHCP 240, SSH 16) is raised to it; a
+minimum message (DNS and mDNS/LLMNR/NBNS 12 bytes, NTP 48, DHCP 244, SSH 16) is raised to it; a
 payload larger than IP allows is clipped. Over TCP port 53 each segment carries one
-length-prefixed DNS message (Wireshark rejects the zero length prefix of zero bytes).
+length-prefixed DNS message (Wireshark rejects the zero length prefix of zero bytes), and a
+DHCP payload (ports 67/68) starts with a BOOTP header, the magic cookie and a message-type
+option (zeros there are a malformed BOOTP packet under 300 bytes).
 
 Sequence numbers start from a seeded random ISN per flow and direction and advance by
 payload bytes, plus one for SYN and for FIN; every ACK acknowledges all that the other
@@ -68,7 +70,7 @@ MAX_IP_PAYLOAD = 65535
 PAYLOAD_MODES = ("zeros", "app")
 # port -> least non-empty payload that Wireshark's dissector for that port accepts (TCP or UDP;
 # over TCP, DNS adds its 2-byte length prefix)
-_MIN_PAYLOAD = {53: 12, 5353: 12, 5355: 12, 137: 12, 123: 48, 67: 240, 68: 240, 22: 16}
+_MIN_PAYLOAD = {53: 12, 5353: 12, 5355: 12, 137: 12, 123: 48, 67: 244, 68: 244, 22: 16}
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,6 +581,12 @@ def _dns_message(length: int, response: bool) -> bytes | None:
     return header + b"".join(labels) + b"\x00" + b"\x00\x01\x00\x01"
 
 
+def _dhcp_message(reply: bool) -> bytes:
+    """BOOTP fixed part, magic cookie, DHCP message type (DISCOVER / OFFER) and end: 244 bytes."""
+    head = bytes([2 if reply else 1, 1, 6, 0]) + b"NeCS" + bytes(228)
+    return head + b"\x63\x82\x53\x63" + bytes([53, 1, 2 if reply else 1, 255])
+
+
 _HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: necst\r\nAccept: */*\r\n\r\n"
 
 
@@ -601,6 +609,11 @@ def _payload_bytes(f: PacketFields, mode: str) -> list[tuple[np.ndarray, np.ndar
         r = rows[pl[rows] == length]
         msg = _dns_message(int(length) - 2, False) or bytes(int(length) - 2)
         out.append((r, _even_matrix(np.array([length - 2], ">u2").tobytes() + msg, len(r))))
+    rows = np.flatnonzero((kp == UDP) & np.isin(f["sport"], (67, 68)) & np.isin(f["dport"], (67, 68)) & (pl >= 244))
+    for reply in (False, True):
+        r = rows[(f["sport"][rows] == 67) == reply]
+        if len(r):
+            out.append((r, _even_matrix(_dhcp_message(reply), len(r))))
     if mode != "app":
         return out
     covered = np.zeros(len(f), bool)  # one piece per packet: pieces must not overlap

@@ -112,9 +112,10 @@ class Sampler:
 
     def _plans(self, n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps) -> Iterator[pd.DataFrame]:
         agg = self.aggregate
+        ports: dict = {}  # ephemeral port counters shared by the plans of this capture
         if n_packets is None:
             yield agg.sample(n_flows=n_flows, duration_s=duration_s, seed=_seed(seed, 0), start_ns=start_ns,
-                             rate_scale=rate_scale, apps=apps)
+                             rate_scale=rate_scale, apps=apps, port_state=ports)
             return
         # N packets: plan flows for about N packets, then more (later in time) until N are written
         per_flow = max(agg.mean_packets(), 1.0)
@@ -122,7 +123,8 @@ class Sampler:
         t = start_ns
         while True:
             want = int(np.ceil(n_packets / per_flow * 1.2)) + 16
-            plan = agg.sample(n_flows=want, seed=_seed(seed, round_), start_ns=t, rate_scale=rate_scale, apps=apps)
+            plan = agg.sample(n_flows=want, seed=_seed(seed, round_), start_ns=t, rate_scale=rate_scale, apps=apps,
+                              port_state=ports)
             if len(plan) == 0:
                 raise NecstError("the aggregate model plans no flows")
             yield plan

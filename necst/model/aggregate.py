@@ -36,7 +36,7 @@ import pandas as pd
 from necst.errors import DatasetError, NecstError
 
 PREFIX = "aggregate_"
-EPHEMERAL_LO, EPHEMERAL_HI = 49152, 65535
+EPHEMERAL_LO, EPHEMERAL_HI = 32768, 65535
 
 
 def _craft_kind(kind: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> np.ndarray:
@@ -290,8 +290,13 @@ class AggregateModel:
         return starts
 
     def sample(self, n_flows: int | None = None, duration_s: float | None = None, seed: int = 0,
-               start_ns: int | None = None, rate_scale: float = 1.0, apps=None) -> pd.DataFrame:
-        """A flow plan, one row per flow, in start order (module docstring for the columns' sources)."""
+               start_ns: int | None = None, rate_scale: float = 1.0, apps=None,
+               port_state: dict | None = None) -> pd.DataFrame:
+        """A flow plan, one row per flow, in start order (module docstring for the columns' sources).
+
+        ``port_state``: a dict shared by the successive plans of one capture, so that ephemeral
+        source ports keep counting up instead of starting over (no reused 4-tuples).
+        """
         if n_flows is None and duration_s is None:
             raise NecstError("give a number of flows or a duration")
         rng = np.random.default_rng(seed)
@@ -323,10 +328,10 @@ class AggregateModel:
             "packets": packets, "bytes": np.maximum(np.rint(np.expm1(x[:, 1])), 0).astype(np.int64),
             "duration_s": np.expm1(x[:, 2]),
         })
-        self._assign_hosts(plan, g, rng)
+        self._assign_hosts(plan, g, rng, port_state)
         return plan
 
-    def _assign_hosts(self, plan: pd.DataFrame, g: np.ndarray, rng) -> None:
+    def _assign_hosts(self, plan: pd.DataFrame, g: np.ndarray, rng, port_state: dict | None = None) -> None:
         P = self.pairs_
         n = len(plan)
         row = np.zeros(n, np.int64)
@@ -346,16 +351,30 @@ class AggregateModel:
         plan["ip_version"] = self.host_version_[s]
         plan["src_mac"], plan["dst_mac"] = macs[s], macs[d]
         plan["dst_port"] = P["dport"][row]
-        # source ports: fixed service ports stay; ephemeral ones count up per source host, so a
-        # 4-tuple is not reused while the host has fewer than 16k flows in the capture
+        # source ports: fixed service ports stay; ephemeral ones count up per (source, destination,
+        # port) pair, from a fixed spread base, so a 4-tuple comes back only after 32k flows of that
+        # pair; ``port_state`` carries the counts from one plan to the next of the same capture
         fixed = P["sport"][row]
-        base = (np.asarray([hash_host(h) for h in range(len(self.hosts_))], np.int64)
-                if len(self.hosts_) else np.zeros(0, np.int64))
-        rank = pd.Series(np.ones(n, np.int64)).groupby(s).cumsum().to_numpy() - 1
-        eph = EPHEMERAL_LO + (base[s] + rank + int(rng.integers(1 << 14))) % (EPHEMERAL_HI - EPHEMERAL_LO)
+        tuple_of = self._tuple_ids()
+        key = tuple_of[row]
+        size = int(tuple_of.max()) + 1 if len(tuple_of) else 0
+        counts = port_state.setdefault("counts", np.zeros(size, np.int64)) if port_state is not None \
+            else np.zeros(size, np.int64)
+        rank = pd.Series(np.ones(n, np.int64)).groupby(key).cumsum().to_numpy() - 1 + counts[key]
+        np.add.at(counts, key, 1)
+        eph = EPHEMERAL_LO + (hash_host(key) + rank) % (EPHEMERAL_HI - EPHEMERAL_LO)
         plan["src_port"] = np.where(fixed >= 0, fixed, eph)
         plan["ttl_src"], plan["ttl_dst"] = self.host_ttl_[s], self.host_ttl_[d]
         plan["win_src"], plan["win_dst"] = self.host_window_[s], self.host_window_[d]
+
+    def _tuple_ids(self) -> np.ndarray:
+        """Per pairs row: one id per (craftable kind, source, destination, destination port)."""
+        P = self.pairs_
+        kinds = {k: i for i, k in enumerate(sorted({g[2] for g in self.groups_}))}
+        kind_of = np.array([kinds[g[2]] for g in self.groups_], np.int64)
+        table = np.column_stack([kind_of[P["group"]], P["src"], P["dst"], P["dport"]]) if len(P["group"]) \
+            else np.zeros((0, 4), np.int64)
+        return np.unique(table, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
     # ------------------------------------------------------------------------------------
     def config(self) -> dict:
@@ -427,9 +446,9 @@ class AggregateModel:
         return cls.read_from(bundle)
 
 
-def hash_host(h: int) -> int:
-    """A deterministic spread of ephemeral port bases across hosts."""
-    return (h * 2654435761) % (EPHEMERAL_HI - EPHEMERAL_LO)
+def hash_host(h):
+    """A deterministic spread of ephemeral port bases (per host pair row)."""
+    return (np.asarray(h, np.int64) * 2654435761) % (EPHEMERAL_HI - EPHEMERAL_LO)
 
 
 __all__ = ["AggregateModel"]
