@@ -97,7 +97,7 @@ class Sampler:
     """
 
     def __init__(self, aggregate, flow_model, packet_model=None, *, payload: str = "zeros",
-                 layout: str = "pcap", chunk_flows: int = 4096, max_packets_per_flow: int = 10000):
+                 layout: str = "pcap", chunk_flows: int = 16384, max_packets_per_flow: int = 10000):
         self.aggregate = aggregate
         self.flow_model = flow_model
         self.packet_model = packet_model
