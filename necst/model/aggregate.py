@@ -115,8 +115,9 @@ class AggregateModel:
     """Flow attributes, start times and hosts of a capture (module docstring); sklearn-style."""
 
     def __init__(self, max_components: int = 4, max_bins: int = 2000, max_silence_s: float = 600.0,
-                 keep_addresses: bool = False, seed: int = 0):
+                 max_fit_rows: int = 20000, keep_addresses: bool = False, seed: int = 0):
         self.max_components = max_components
+        self.max_fit_rows = max_fit_rows
         self.max_bins = max_bins
         self.max_silence_s = max_silence_s
         self.keep_addresses = keep_addresses
@@ -151,6 +152,8 @@ class AggregateModel:
         self.gmm_ = []
         for g in range(len(groups)):
             xg = x[gidx == g]
+            if len(xg) > self.max_fit_rows:  # a seeded sample is plenty for a 3-D mixture
+                xg = xg[np.random.default_rng(self.seed + g).choice(len(xg), self.max_fit_rows, replace=False)]
             if len(xg) < 2:  # one flow: a point mass (a tiny covariance around it)
                 self.gmm_.append({"weights": np.ones(1), "means": xg[:1], "covariances": np.eye(3)[None] * 1e-3,
                                   "lo": xg.min(axis=0), "hi": xg.max(axis=0)})
@@ -379,6 +382,7 @@ class AggregateModel:
     # ------------------------------------------------------------------------------------
     def config(self) -> dict:
         return {"max_components": self.max_components, "max_bins": self.max_bins, "max_silence_s": self.max_silence_s,
+                "max_fit_rows": self.max_fit_rows,
                 "keep_addresses": self.keep_addresses, "seed": self.seed}
 
     def write_to(self, writer) -> None:
