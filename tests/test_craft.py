@@ -101,6 +101,16 @@ def test_existing_handshake_kept_and_only_invalid_flags_change():
     assert f["payload_len"].tolist() == [0, 0, 10, 5, 0, 0, 0, 0]
 
 
+def test_close_flows_off_leaves_open_flows_open():
+    packets = pd.DataFrame(dict(flow=0, ts_ns=T0 + np.arange(4), direction=[0, 1, 0, 1],
+                                tcp_flags=[SYN, SYN | ACK, ACK, ACK], payload_len=[0, 0, 5, 0]))
+    _, flows = make_tables(1)
+    flows = flows.assign(kind="tcp", src_ip="10.0.0.1", dst_ip="10.0.0.2")
+    closed = plan_packets(packets, flows, close_flows=True)["tcp_flags"]
+    left = plan_packets(packets, flows, close_flows=False)["tcp_flags"]
+    assert closed[-1] == ACK | FIN and left[-1] == ACK
+
+
 def test_partial_handshake_completed_in_place():
     f = _one_flow([SYN, ACK | PSH, ACK], [0, 1, 0], [0, 20, 0])
     assert f["tcp_flags"][:3].tolist() == [SYN, SYN | ACK, ACK]

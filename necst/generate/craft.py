@@ -181,7 +181,7 @@ def _flow_starts(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return firsts[group], firsts
 
 
-def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs):
+def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True):
     """Apply the TCP repair rules (module docstring) to rows grouped by flow; returns new arrays."""
     row_first, firsts = _flow_starts(flow)
     counts = np.diff(np.append(firsts, len(flow)))
@@ -259,15 +259,20 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs):
     closing = t & ((fl & (FIN | RST)) != 0)
     per_flow = np.add.reduceat(closing.astype(np.int64), firsts) > 0
     has_close = per_flow[np.cumsum(np.r_[True, flow[1:] != flow[:-1]]) - 1]
-    fl = np.where(t & last & ~has_close, fl | FIN | ACK, fl)
+    if close_flows:
+        fl = np.where(t & last & ~has_close, fl | FIN | ACK, fl)
     repairs["flags_changed"] = int(((fl != before) & (src >= 0)).sum())
     repairs["payload_zeroed"] = int((zero_pl & (src >= 0)).sum())
     pl = np.where(zero_pl, 0, pl)
     return flow, d, fl, pl, ts, tcp_row, src
 
 
-def plan_packets(packets, flows, *, seed: int = 0) -> PacketFields:
-    """Repair and fill every header field of whole flows (see the module docstring)."""
+def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> PacketFields:
+    """Repair and fill every header field of whole flows (see the module docstring).
+
+    ``close_flows=False`` skips rule 5: flows the model left open stay open (as real flows cut by
+    a capture's end or an idle timeout), at the price of TCP streams without a close.
+    """
     rng = np.random.default_rng(seed)
     flow = np.asarray(_column(packets, "flow"), np.int64)
     n_flows = len(flows)
@@ -292,7 +297,7 @@ def plan_packets(packets, flows, *, seed: int = 0) -> PacketFields:
     repairs: dict[str, int] = {}
     tcp_row = kind[flow] == TCP
     if len(flow):
-        flow, d, fl, pl, ts, tcp_row, _ = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs)
+        flow, d, fl, pl, ts, tcp_row, _ = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows)
     n = len(flow)
     row_first, firsts = _flow_starts(flow) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     pos = np.arange(n) - row_first

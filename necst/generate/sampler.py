@@ -97,7 +97,8 @@ class Sampler:
     """
 
     def __init__(self, aggregate, flow_model, packet_model=None, *, payload: str = "zeros",
-                 layout: str = "pcap", chunk_flows: int = 16384, max_packets_per_flow: int = 10000):
+                 layout: str = "pcap", chunk_flows: int = 16384, max_packets_per_flow: int = 10000,
+                 close_flows: bool = True):
         self.aggregate = aggregate
         self.flow_model = flow_model
         self.packet_model = packet_model
@@ -105,6 +106,7 @@ class Sampler:
         self.layout = layout
         self.chunk_flows = chunk_flows
         self.max_packets_per_flow = max_packets_per_flow
+        self.close_flows = close_flows
         self.repairs: dict[str, int] = {}
         self.flows = 0
         self.timings = {"aggregate": 0.0, "flow_model": 0.0, "plan": 0.0, "frames": 0.0, "write": 0.0}
@@ -207,7 +209,7 @@ class Sampler:
         pk = packet_table(sub, fp)
         if end_ns is not None:
             pk = pk[pk["ts_ns"].to_numpy() < end_ns]
-        fields = plan_packets(pk, craft_flow_table(sub), seed=seed)
+        fields = plan_packets(pk, craft_flow_table(sub), seed=seed, close_flows=self.close_flows)
         if end_ns is not None and len(fields):  # inserted handshake packets share their successor's time
             fields = fields.take(np.flatnonzero(fields["ts_ns"] < end_ns))
         for k, v in fields.repairs.items():

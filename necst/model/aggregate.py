@@ -7,12 +7,12 @@ PacketTable):
   arp); the group is drawn from its share, then (packets, bytes, duration) from a Gaussian
   mixture over their logarithms fitted per group (components chosen by BIC, at most
   ``max_components``), clipped to the group's observed range.
-- **Start times.** The capture's flow-start rate per bin over its active time (silences longer
-  than ``max_silence_s``, such as the gaps between captures of different days, are shrunk to
-  the median gap) (bins of at least one second, at most
+- **Start times.** The capture's flow-start rate per bin (bins of at least one second, at most
   ``max_bins`` of them) is replayed, tiled when more time is asked for than was seen, and
-  scaled by ``rate_scale``; burstiness is kept by drawing each gap between successive starts
-  from the real gaps (quantiles) inside each bin's budget.
+  scaled by ``rate_scale``; inside a bin, flows come as a burst from a random point with gaps
+  drawn from the real gaps between successive starts (those shorter than a bin), which keeps
+  the burstiness. ``max_silence_s`` (off by default) shrinks longer silences, such as the days
+  between captures, to the median gap, to replay active time rather than the calendar.
 - **Hosts.** Every address seen, with its popularity as source and destination, its MAC,
   TTL and TCP window (medians of what it sent); and, per flow group, the (source, destination,
   destination port) triples with their counts. By default addresses are pseudonymised while
@@ -114,7 +114,7 @@ def _pseudo_macs(macs: list[str]) -> list[str]:
 class AggregateModel:
     """Flow attributes, start times and hosts of a capture (module docstring); sklearn-style."""
 
-    def __init__(self, max_components: int = 4, max_bins: int = 2000, max_silence_s: float = 600.0,
+    def __init__(self, max_components: int = 4, max_bins: int = 2000, max_silence_s: float | None = None,
                  max_fit_rows: int = 20000, keep_addresses: bool = False, seed: int = 0):
         self.max_components = max_components
         self.max_fit_rows = max_fit_rows
@@ -173,7 +173,7 @@ class AggregateModel:
         # silences longer than max_silence_s (the gaps between captures taken on different days)
         # are shrunk to the median gap: the curve describes active time, not the calendar
         gaps_ns = np.diff(start)
-        if len(gaps_ns):
+        if len(gaps_ns) and self.max_silence_s is not None:
             long = gaps_ns > int(self.max_silence_s * 1e9)
             gaps_ns[long] = int(np.median(gaps_ns))
             start = start[0] + np.concatenate([[0], np.cumsum(gaps_ns)])
@@ -185,6 +185,7 @@ class AggregateModel:
         self.bin_s_ = float(width)
         self.rate_counts_ = np.bincount(b, minlength=nb).astype(np.int64)
         gaps = np.diff(np.sort(start)) / 1e9
+        gaps = gaps[gaps <= width]  # longer silences are the curve's business, not a burst's
         self.gap_quantiles_ = np.quantile(gaps, np.linspace(0, 1, 101)) if len(gaps) else np.zeros(101)
         self.start_ns_ = t0
 
@@ -273,18 +274,17 @@ class AggregateModel:
             tiles = int(np.ceil(duration_s / (len(counts) * self.bin_s_)))
         curve = np.tile(counts, max(tiles, 1))
         k = np.floor(curve).astype(np.int64) + (rng.random(len(curve)) < curve % 1)
-        # inside each bin: successive gaps drawn from the real gap quantiles, rescaled to the bin
+        # inside each bin: a burst from a random point, successive gaps drawn from the real gaps
+        # (those shorter than a bin), wrapping around the bin's end
         total = int(k.sum())
         bins = np.repeat(np.arange(len(curve)), k)
-        gaps = np.interp(rng.random(total + len(curve)), np.linspace(0, 1, 101), self.gap_quantiles_)
-        gaps = np.maximum(gaps[:total], 1e-9)
+        gaps = np.interp(rng.random(total), np.linspace(0, 1, 101), self.gap_quantiles_)
         first = np.cumsum(k) - k
         csum = np.cumsum(gaps)
-        within = csum - np.repeat(csum[first] - gaps[first], k) if total else csum
-        span = np.repeat(np.maximum.reduceat(within, first[k > 0]) if total else np.zeros(0), k[k > 0]) \
-            if total else within
-        frac = within / np.maximum(span, 1e-12) * rng.uniform(0.5, 1.0, total)
-        starts = (bins * width_ns + (frac * width_ns).astype(np.int64)).astype(np.int64)
+        within = csum - np.repeat(csum[first], k) if total else csum  # 0 for a bin's first flow
+        offset = np.repeat(rng.random(len(curve)) * self.bin_s_, k)
+        pos_s = np.mod(offset + within, self.bin_s_)
+        starts = (bins * width_ns + (pos_s * 1e9).astype(np.int64)).astype(np.int64)
         starts.sort()
         if duration_s is not None:
             starts = starts[starts < int(duration_s * 1e9)]
