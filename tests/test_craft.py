@@ -45,8 +45,9 @@ def make_tables(n_flows=300, seed=0, messy=True):
     flags = (rng.choice([0x10, 0x18, 0x02, 0x12, 0x11, 0x04, 0x14, 0x19], n,
                         p=[.4, .3, .05, .05, .1, .03, .04, .03]) if messy else np.full(n, 0x18))
     pl = np.where(rng.random(n) < 0.4, 0, rng.integers(1, 1500, n))
+    hdr = rng.choice([-1, 54, 66, 74, 94], n)  # header lengths: none given, or TCP options of 0..40 bytes
     packets = pd.DataFrame(dict(flow=flow, ts_ns=ts, direction=rng.integers(0, 2, n),
-                                tcp_flags=flags, payload_len=pl))
+                                tcp_flags=flags, payload_len=pl, hdr_len=hdr))
     return packets, flows
 
 
@@ -156,6 +157,9 @@ def test_read_back_with_necst_reader_matches_plan(tmp_path):
     assert np.array_equal(t["ttl"].to_numpy(zero_copy_only=False)[ip], f["ttl"][ip])
     assert np.array_equal(t["ip_version"].to_numpy(zero_copy_only=False)[ip], f["ip_version"][ip])
     assert set(t["ethertype"].to_pylist()) <= {0x0800, 0x86DD, 0x0806}
+    l4 = t["l4_hdr_len"].to_numpy(zero_copy_only=False)[tcp]
+    assert np.array_equal(l4, 20 + f["tcp_opt"][tcp].astype(np.int64))
+    assert (f["tcp_opt"][tcp] > 0).any() and set(np.unique(f["tcp_opt"])) <= set(range(0, 41, 4))
     assert t["cap_len"].to_numpy().tolist() == t["wire_len"].to_numpy().tolist()
 
 

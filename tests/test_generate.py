@@ -22,7 +22,7 @@ class EmpiricalFlows:
 
     def __init__(self, dataset):
         p = dataset.packets.select(["flow_id", "flow_pos", "direction", "tcp_flags", "flow_iat_ns",
-                                    "payload_len"]).to_pandas().dropna(subset=["flow_id"])
+                                    "payload_len", "wire_len"]).to_pandas().dropna(subset=["flow_id"])
         p = p.sort_values(["flow_id", "flow_pos"], kind="stable")
         self.p = p.reset_index(drop=True)
         f = dataset.flows.to_pandas()
@@ -51,7 +51,8 @@ class EmpiricalFlows:
                              "pos": np.concatenate([np.arange(k) for k in n]),
                              "direction": q["direction"].to_numpy(), "tcp_flags": q["tcp_flags"].fillna(0).to_numpy(),
                              "gap_s": q["flow_iat_ns"].fillna(0).to_numpy() / 1e9,
-                             "payload_len": q["payload_len"].fillna(0).to_numpy()})
+                             "payload_len": q["payload_len"].fillna(0).to_numpy(),
+                             "hdr_len": (q["wire_len"] - q["payload_len"].fillna(0)).to_numpy()})
 
 
 @pytest.fixture(scope="module")

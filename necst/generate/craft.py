@@ -15,7 +15,9 @@ Inputs of :func:`plan_packets`
 ``packets`` (DataFrame or mapping of arrays), one row per packet: ``flow`` (row of ``flows``),
 ``ts_ns`` (int64), ``direction`` (0 initiator -> responder, 1 back), ``tcp_flags`` (9-bit,
 FIN=0x001 SYN=0x002 RST=0x004 PSH=0x008 ACK=0x010), ``payload_len`` (bytes after the
-transport header); optional ``pos`` (order inside the flow; else the given order).
+transport header); optional ``pos`` (order inside the flow; else the given order) and
+``hdr_len`` (Ethernet + IP + transport header bytes, as the packet model gives it: a TCP
+header longer than 20 bytes is filled with NOP options, up to 40 bytes of them).
 
 ``flows``, one row per flow: ``kind`` (``tcp``, ``udp``, ``icmp``, ``arp``), ``ip_version``
 (4 or 6), ``src_ip``/``dst_ip`` (strings), ``src_mac``/``dst_mac`` (``aa:bb:..``),
@@ -181,7 +183,7 @@ def _flow_starts(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return firsts[group], firsts
 
 
-def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True):
+def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=None):
     """Apply the TCP repair rules (module docstring) to rows grouped by flow; returns new arrays."""
     row_first, firsts = _flow_starts(flow)
     counts = np.diff(np.append(firsts, len(flow)))
@@ -219,6 +221,7 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True):
         d = np.insert(d, pos, np.array([0, 1, 0])[tmpl])
         fl = np.insert(fl, pos, np.array([SYN, SYN | ACK, ACK])[tmpl])
         pl = np.insert(pl, pos, 0)
+        hdr = np.insert(hdr, pos, -1)
         tcp_row = np.insert(tcp_row, pos, True)
         del new
     row_first, firsts = _flow_starts(flow)
@@ -264,7 +267,7 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True):
     repairs["flags_changed"] = int(((fl != before) & (src >= 0)).sum())
     repairs["payload_zeroed"] = int((zero_pl & (src >= 0)).sum())
     pl = np.where(zero_pl, 0, pl)
-    return flow, d, fl, pl, ts, tcp_row, src
+    return flow, d, fl, pl, ts, tcp_row, src, hdr
 
 
 def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> PacketFields:
@@ -285,7 +288,9 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> 
     given_pos = _column(packets, "pos", required=False)
     keys = (np.arange(len(flow)) if given_pos is None else np.asarray(given_pos, np.int64), flow)
     order = np.lexsort(keys)
-    flow, ts, d, fl, pl = flow[order], ts[order], d[order], fl[order], pl[order]
+    hdr = _column(packets, "hdr_len", required=False)
+    hdr = np.full(len(flow), -1, np.int64) if hdr is None else np.nan_to_num(np.asarray(hdr, float), nan=-1).astype(np.int64)
+    flow, ts, d, fl, pl, hdr = flow[order], ts[order], d[order], fl[order], pl[order], hdr[order]
 
     kind_names = np.asarray(_column(flows, "kind")).astype(str)
     kind = np.full(n_flows, -1, np.int64)
@@ -297,7 +302,7 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> 
     repairs: dict[str, int] = {}
     tcp_row = kind[flow] == TCP
     if len(flow):
-        flow, d, fl, pl, ts, tcp_row, _ = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows)
+        flow, d, fl, pl, ts, tcp_row, _, hdr = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows, hdr)
     n = len(flow)
     row_first, firsts = _flow_starts(flow) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     pos = np.arange(n) - row_first
@@ -331,8 +336,11 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> 
 
     fwd = d == 0
     v6 = ipver[flow] == 6
-    l4_len = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], 0)
     ip_len = np.where(kp == ARP, ARP_LEN, np.where(v6, IP6_LEN, IP4_LEN))
+    # TCP options: what a given header length (Ethernet + IP + TCP) holds beyond the fixed 20 bytes,
+    # in whole 32-bit words, at most 40 bytes
+    tcp_opt = np.where((kp == TCP) & (hdr > 0), np.clip((hdr - ETH_LEN - ip_len - TCP_LEN) // 4 * 4, 0, 40), 0)
+    l4_len = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], 0) + tcp_opt
     cap = np.where(kp == ARP, MAX_IP_PAYLOAD, MAX_IP_PAYLOAD - np.where(v6, 0, IP4_LEN) - l4_len)
     # rule 7: a non-empty payload to a port whose dissector needs a minimum message is raised to it
     sp_f, dp_f = sport[flow], dport[flow]
@@ -378,6 +386,7 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> 
         "ts_ns": ts, "flow": flow, "pos": pos, "direction": d.astype(np.uint8),
         "kind": kp.astype(np.uint8), "ip_version": ipver[flow].astype(np.uint8),
         "tcp_flags": fl.astype(np.uint16), "payload_len": pl.astype(np.int64),
+        "tcp_opt": tcp_opt.astype(np.uint8),
         # one gather per field from the (side, flow) stack: side = direction for the sender
         "ip_src": ips[d, flow], "ip_dst": ips[1 - d, flow],
         "mac_src": macs[d, flow], "mac_dst": macs[1 - d, flow],
@@ -457,7 +466,8 @@ def build_frames(fields: PacketFields, *, layout: str = "pcap", payload: str = "
     kp = fields["kind"].astype(np.int64)
     v6 = fields["ip_version"] == 6
     pl = fields["payload_len"]
-    l4 = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], 0)
+    opt = fields["tcp_opt"].astype(np.int64)
+    l4 = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], 0) + opt
     l3 = np.where(kp == ARP, ARP_LEN, np.where(v6, IP6_LEN, IP4_LEN))
     frame = ETH_LEN + l3 + l4 + pl
     head, total = record_sizes(frame, layout)
@@ -468,7 +478,14 @@ def build_frames(fields: PacketFields, *, layout: str = "pcap", payload: str = "
     payload_rows = _payload_bytes(fields, payload)
 
     # the payload's contribution to the transport checksum, per packet
-    pay_sum = np.zeros(n, np.uint64)
+    # TCP options are NOPs (kind 1): valid padding whatever the length; each word sums to 0x0101
+    pay_sum = (opt // 2).astype(np.uint64) * np.uint64(0x0101)
+    has_opt = np.flatnonzero(opt > 0)
+    if len(has_opt):
+        k = opt[has_opt]
+        first = off[has_opt] + ETH_LEN + l3[has_opt] + TCP_LEN
+        idx = np.repeat(first - (np.cumsum(k) - k), k) + np.arange(int(k.sum()))
+        buf[idx] = 1
     for rows, mat in payload_rows:
         start = off[rows] + ETH_LEN + l3[rows] + l4[rows]
         w = mat.shape[1]
@@ -511,7 +528,7 @@ def _headers(f: PacketFields, sel: np.ndarray, ver: int, k: int, pay_sum: np.nda
         arp["tpa"] = f["ip_dst"][sel][:, :4]
         return np.hstack([_bytes(eth), _bytes(arp)])
     l4_len = {TCP: TCP_LEN, UDP: UDP_LEN, ICMP: ICMP_LEN}[k]
-    seg_len = l4_len + pl
+    seg_len = l4_len + pl + (f["tcp_opt"][sel].astype(np.int64) if k == TCP else 0)
     if ver == 4:
         proto = _PROTO.get(k, 1)
     else:
@@ -528,7 +545,7 @@ def _headers(f: PacketFields, sel: np.ndarray, ver: int, k: int, pay_sum: np.nda
         t = np.zeros(m, _TCP)
         t["sport"], t["dport"] = f["sport"][sel], f["dport"][sel]
         t["seq"], t["ack"] = f["seq"][sel], f["ack"][sel]
-        t["offflags"] = (5 << 12) | f["tcp_flags"][sel].astype(np.int64)
+        t["offflags"] = ((5 + f["tcp_opt"][sel].astype(np.int64) // 4) << 12) | f["tcp_flags"][sel].astype(np.int64)
         t["win"] = f["window"][sel]
     elif k == UDP:
         t = np.zeros(m, _UDP)

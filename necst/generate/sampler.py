@@ -82,10 +82,13 @@ def packet_table(plan: pd.DataFrame, flow_packets: pd.DataFrame) -> pd.DataFrame
     starts = np.flatnonzero(first)
     base = np.repeat(c[starts], np.diff(np.append(starts, len(flow))))
     ts = plan["start_ns"].to_numpy(np.int64)[flow] + (c - base)
-    return pd.DataFrame({"flow": flow, "pos": fp["pos"].to_numpy(np.int64), "ts_ns": ts,
-                         "direction": fp["direction"].to_numpy(np.int64),
-                         "tcp_flags": fp["tcp_flags"].fillna(0).to_numpy(np.int64),
-                         "payload_len": fp["payload_len"].fillna(0).to_numpy(np.int64)})
+    out = pd.DataFrame({"flow": flow, "pos": fp["pos"].to_numpy(np.int64), "ts_ns": ts,
+                        "direction": fp["direction"].to_numpy(np.int64),
+                        "tcp_flags": fp["tcp_flags"].fillna(0).to_numpy(np.int64),
+                        "payload_len": fp["payload_len"].fillna(0).to_numpy(np.int64)})
+    if "hdr_len" in fp.columns:  # the packet model's header length: TCP options are kept
+        out["hdr_len"] = fp["hdr_len"].fillna(-1).to_numpy(np.int64)
+    return out
 
 
 class Sampler:

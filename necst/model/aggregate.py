@@ -9,7 +9,8 @@ PacketTable):
   ``max_components``), clipped to the group's observed range.
 - **Start times.** The capture's flow-start rate per bin (bins of at least one second, at most
   ``max_bins`` of them) is replayed, tiled when more time is asked for than was seen, and
-  scaled by ``rate_scale``; inside a bin, flows come as a burst from a random point with gaps
+  scaled by ``rate_scale``; inside a bin, flows come as a burst from where the real activity
+  in that bin began, with gaps
   drawn from the real gaps between successive starts (those shorter than a bin), which keeps
   the burstiness. ``max_silence_s`` (off by default) shrinks longer silences, such as the days
   between captures, to the median gap, to replay active time rather than the calendar.
@@ -184,6 +185,10 @@ class AggregateModel:
         b = np.minimum(((start - t0) / 1e9 / width).astype(np.int64), nb - 1)
         self.bin_s_ = float(width)
         self.rate_counts_ = np.bincount(b, minlength=nb).astype(np.int64)
+        # where in its bin each bin's activity begins (a capture's first flow, say)
+        first_off = np.full(nb, np.inf)
+        np.minimum.at(first_off, b, (start - t0) / 1e9 - b * width)
+        self.bin_offset_s_ = np.where(np.isfinite(first_off), first_off, 0.0)
         gaps = np.diff(np.sort(start)) / 1e9
         gaps = gaps[gaps <= width]  # longer silences are the curve's business, not a burst's
         self.gap_quantiles_ = np.quantile(gaps, np.linspace(0, 1, 101)) if len(gaps) else np.zeros(101)
@@ -274,7 +279,7 @@ class AggregateModel:
             tiles = int(np.ceil(duration_s / (len(counts) * self.bin_s_)))
         curve = np.tile(counts, max(tiles, 1))
         k = np.floor(curve).astype(np.int64) + (rng.random(len(curve)) < curve % 1)
-        # inside each bin: a burst from a random point, successive gaps drawn from the real gaps
+        # inside each bin: a burst from where the bin's real activity began, successive gaps drawn from the real gaps
         # (those shorter than a bin), wrapping around the bin's end
         total = int(k.sum())
         bins = np.repeat(np.arange(len(curve)), k)
@@ -282,7 +287,7 @@ class AggregateModel:
         first = np.cumsum(k) - k
         csum = np.cumsum(gaps)
         within = csum - np.repeat(csum[first], k) if total else csum  # 0 for a bin's first flow
-        offset = np.repeat(rng.random(len(curve)) * self.bin_s_, k)
+        offset = np.repeat(np.tile(self.bin_offset_s_, max(tiles, 1)), k)
         pos_s = np.mod(offset + within, self.bin_s_)
         starts = (bins * width_ns + (pos_s * 1e9).astype(np.int64)).astype(np.int64)
         starts.sort()
@@ -386,7 +391,7 @@ class AggregateModel:
                 "keep_addresses": self.keep_addresses, "seed": self.seed}
 
     def write_to(self, writer) -> None:
-        arrays = {"group_p": self.group_p_, "rate_counts": self.rate_counts_,
+        arrays = {"group_p": self.group_p_, "rate_counts": self.rate_counts_, "bin_offset_s": self.bin_offset_s_,
                   "gap_quantiles": self.gap_quantiles_, "host_src_count": self.host_src_count_,
                   "host_dst_count": self.host_dst_count_, "host_ttl": self.host_ttl_,
                   "host_window": self.host_window_, "host_version": self.host_version_}
@@ -411,6 +416,7 @@ class AggregateModel:
         m.hosts_, m.host_mac_ = meta["hosts"], meta["host_mac"]
         m.addresses_, m.macs_ = meta["addresses"], meta["macs"]
         m.group_p_, m.rate_counts_, m.gap_quantiles_ = a["group_p"], a["rate_counts"], a["gap_quantiles"]
+        m.bin_offset_s_ = a["bin_offset_s"]
         m.host_src_count_, m.host_dst_count_ = a["host_src_count"], a["host_dst_count"]
         m.host_ttl_, m.host_window_, m.host_version_ = a["host_ttl"], a["host_window"], a["host_version"]
         m.pairs_ = {k[6:]: v for k, v in a.items() if k.startswith("pairs_")}
