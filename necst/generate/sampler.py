@@ -199,8 +199,9 @@ class Sampler:
                 raise NecstError(f"the models gave only {written} of {n_packets} packets")
 
     def _plan_chunk(self, sub: pd.DataFrame, seed: int, end_ns: int | None) -> PacketFields | None:
+        # craft_kind (tcp, udp, icmp, arp) tells a flow model that can use it which noflow traffic is meant
         requests = pd.DataFrame({"kind": sub["kind"].to_numpy(), "app": sub["app"].to_numpy(),
-                                 "packets": sub["packets"].to_numpy(),
+                                 "craft_kind": sub["craft_kind"].to_numpy(), "packets": sub["packets"].to_numpy(),
                                  "max_packets": np.minimum(sub["packets"].to_numpy() * 4 + 8,
                                                            self.max_packets_per_flow)})
         t = time.perf_counter()
