@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from necst.capture.reader import CaptureReader  # noqa: E402
 from necst.capture.writer import CaptureWriter  # noqa: E402
-from necst.generate.craft import Arena, PacketFields, build_frames, plan_packets  # noqa: E402
+from necst.generate.craft import Arena, build_frames, plan_packets  # noqa: E402
 from necst.process.decode import decode  # noqa: E402
 
 

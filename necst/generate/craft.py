@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -215,7 +214,6 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     src = np.arange(len(flow))
     if len(pos):
         src = np.insert(src, pos, -1)
-        new = src < 0
         flow = np.insert(flow, pos, i_flow)
         ts = np.insert(ts, pos, i_ts)
         d = np.insert(d, pos, np.array([0, 1, 0])[tmpl])
@@ -223,7 +221,6 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
         pl = np.insert(pl, pos, 0)
         hdr = np.insert(hdr, pos, -1)
         tcp_row = np.insert(tcp_row, pos, True)
-        del new
     row_first, firsts = _flow_starts(flow)
     pos_in = np.arange(len(flow)) - row_first
     last = np.zeros(len(flow), bool)
@@ -401,7 +398,6 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> 
         "app": app_code[flow] if n else np.zeros(0, np.int16),
         "first_in_dir": first_payload,
     }
-    del ip_len
     return PacketFields(cols, apps, repairs)
 
 
