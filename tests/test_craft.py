@@ -92,6 +92,16 @@ def test_client_data_serves_as_handshake_ack():
     assert ack[3] == (seq[0] + 101) % 2**32
 
 
+def test_run_of_pure_acks_acknowledges_segments_one_by_one():
+    f = _one_flow([SYN, SYN | ACK, ACK, ACK, ACK, ACK, ACK, ACK, ACK | FIN],
+                  [0, 1, 0, 1, 1, 1, 0, 0, 0], [0, 0, 0, 100, 200, 300, 0, 0, 0])
+    seq, ack = f["seq"].astype(np.int64), f["ack"].astype(np.int64)
+    isn_s = seq[1]
+    # three server segments, then the client's ACKs: 100, 300, then all 600 (the FIN acks all too)
+    assert [(a - isn_s - 1) % 2**32 for a in ack[6:]] == [300, 600, 600]
+    assert ((ack[6] - isn_s - 1) % 2**32) >= 100  # never below what was acknowledged before
+
+
 def test_existing_handshake_kept_and_only_invalid_flags_change():
     f = _one_flow([SYN, SYN | ACK, ACK | PSH, RST | ACK, ACK | FIN, ACK | FIN, PSH | ACK, RST | ACK],
                   [0, 1, 0, 1, 0, 0, 0, 1], [0, 0, 10, 5, 0, 0, 7, 3])

@@ -46,8 +46,9 @@ DHCP payload (ports 67/68) starts with a BOOTP header, the magic cookie and a me
 option (zeros there are a malformed BOOTP packet under 300 bytes).
 
 Sequence numbers start from a seeded random ISN per flow and direction and advance by
-payload bytes, plus one for SYN and for FIN; every ACK acknowledges all that the other
-direction sent before it, so nothing is ever unseen or missing. Timestamps inside a flow
+payload bytes, plus one for SYN and for FIN; an ACK acknowledges what the other direction sent
+before it, never more, so nothing is ever unseen or missing (a run of pure ACKs acknowledges
+the other side's last segments one at a time, see ``_spread_acks``). Timestamps inside a flow
 never go back (a running maximum); the ICMP echo sequence counts the initiator's requests,
 the reply echoing the last one. ICMP of every type is crafted as echo request (initiator) /
 echo reply (responder): other types need an embedded packet that the tables do not hold.
@@ -267,6 +268,62 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     return flow, d, fl, pl, ts, tcp_row, src, hdr
 
 
+def _spread_acks(flow, d, fl, pl, tcp, consumed, full, row_first) -> np.ndarray:
+    """Bytes of the other side each packet acknowledges (relative to its ISN).
+
+    By default all it sent before. But a run of pure ACKs from one side (no packet from the other
+    side between them) acknowledges the other side's last segments one by one, the run's last
+    ACK acknowledging all, as stacks that ack every segment do; only when a run is longer than
+    the segments to acknowledge do ACKs repeat (Wireshark's duplicate ACKs, as in real traffic).
+    Acknowledgements never go back.
+    """
+    n = len(flow)
+    pure = tcp & (pl == 0) & ((fl & (SYN | FIN | RST)) == 0) & ((fl & ACK) != 0)
+    same = np.zeros(n, bool)
+    same[1:] = (flow[1:] == flow[:-1]) & (d[1:] == d[:-1]) & pure[:-1]
+    run_start = pure & ~same
+    if not (pure & same).any():
+        return full
+    run_id = np.cumsum(run_start) - 1
+    run_id = np.where(pure, run_id, -1)
+    ends = np.zeros(run_id.max() + 1 if (run_id >= 0).any() else 0, np.int64)
+    rows = np.flatnonzero(pure)
+    np.maximum.at(ends, run_id[rows], rows)
+    from_end = np.where(pure, ends[np.maximum(run_id, 0)] - np.arange(n), 0)
+    out = full.copy()
+    for side in (0, 1):
+        other = 1 - side
+        cons = tcp & (d == other) & (consumed > 0)  # the other side's segments (data, SYN, FIN)
+        count = _grouped_exclusive_cumsum(cons.astype(np.int64), row_first)  # its segments before each row
+        ends_bytes = np.cumsum(np.where(cons, consumed, 0))  # global running bytes of those segments
+        cons_rows = np.flatnonzero(cons)
+        # index into cons_rows of each row's flow's first segment of the other side
+        flow_first = np.searchsorted(cons_rows, row_first)
+        sel = np.flatnonzero(pure & (d == side) & (from_end > 0))
+        if len(sel) == 0 or len(cons_rows) == 0:
+            continue
+        target = count[sel] - 1 - from_end[sel]  # which of the other side's segments to acknowledge
+        ok = target >= 0
+        sel, target = sel[ok], target[ok]
+        g = flow_first[sel] + target
+        # bytes acknowledged = the other side's running bytes up to and including segment g, in flow terms
+        seg_row = cons_rows[g]
+        within = ends_bytes[seg_row] - (ends_bytes[row_first[sel]] - np.where(cons[row_first[sel]],
+                                                                               consumed[row_first[sel]], 0))
+        out[sel] = np.minimum(within, full[sel])
+    # never acknowledge less than before: a running maximum per (flow, side)
+    key = flow * 2 + d
+    order = np.lexsort((np.arange(n), key))
+    v = out[order]
+    k = key[order]
+    starts = np.ones(n, bool)
+    starts[1:] = k[1:] != k[:-1]
+    grp = np.cumsum(starts) - 1
+    v = pd.Series(v).groupby(grp).cummax().to_numpy()
+    out[order] = v
+    return out
+
+
 def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> PacketFields:
     """Repair and fill every header field of whole flows (see the module docstring).
 
@@ -367,7 +424,9 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> 
     icmp_id = rng.integers(0, 1 << 16, size=n_flows, dtype=np.int64)
     label = rng.integers(0, 1 << 20, size=(n_flows, 2), dtype=np.int64)
     seq = (isn[flow, d] + np.where(fwd, s0, s1)) & 0xFFFFFFFF
-    ack = np.where((fl & ACK) != 0, (isn[flow, 1 - d] + np.where(fwd, s1, s0)) & 0xFFFFFFFF, 0)
+    acked = _spread_acks(flow, d, fl, pl, kp == TCP, consumed, np.where(fwd, s1, s0), row_first) if n \
+        else np.zeros(0, np.int64)
+    ack = np.where((fl & ACK) != 0, (isn[flow, 1 - d] + acked) & 0xFFFFFFFF, 0)
     win = np.where(fwd, win_s[flow], win_d[flow])
     repairs["window_raised"] = int(((win <= 0) & (kp == TCP)).sum())
     win = np.clip(win, 1, 0xFFFF)

@@ -15,7 +15,8 @@ PacketTable):
   the burstiness. ``max_silence_s`` (off by default) shrinks longer silences, such as the days
   between captures, to the median gap, to replay active time rather than the calendar.
 - **Hosts.** Every address seen, with its popularity as source and destination, its MAC,
-  TTL and TCP window (medians of what it sent); and, per flow group, the (source, destination,
+  TTL and TCP window (medians of what it sent; the window of its SYNs where it sent any, since
+  crafted SYNs negotiate no window scaling); and, per flow group, the (source, destination,
   destination port) triples with their counts. By default addresses are pseudonymised while
   keeping structure: each real /24 (IPv6: /64) maps to a fresh one of the same class (local
   ranges to 10.0.0.0/8 or fd00::/8, remote to 198.18.0.0/15 then 100.64.0.0/10 or 2001:db8::/32,
@@ -225,13 +226,20 @@ class AggregateModel:
         ttl = np.full(len(hosts), 64, np.int64)
         win = np.full(len(hosts), 64240, np.int64)
         if packets is not None and packets.num_rows:
-            p = packets.select(["src_ip", "ttl", "tcp_window"]).to_pandas()
+            p = packets.select(["src_ip", "ttl", "tcp_window", "tcp_flags"]).to_pandas()
             p["src_ip"] = p["src_ip"].astype(str)
             pos = pd.Series(np.arange(len(hosts)), index=hosts)
             t = p.dropna(subset=["ttl"]).groupby("src_ip")["ttl"].median()
             t = t[t.index.isin(pos.index)]
             ttl[pos[t.index].to_numpy()] = t.to_numpy().round().astype(np.int64)
-            w = p[p["tcp_window"].fillna(0) > 0].groupby("src_ip")["tcp_window"].median()
+            # the window of a host's SYNs is unscaled; later windows are scaled by an option that
+            # crafted SYNs do not carry, so the SYN window is the one that means what it says
+            syn = (p["tcp_flags"].fillna(0).astype(int) & 0x2) != 0
+            ok = p["tcp_window"].fillna(0) > 0
+            w_all = p[ok].groupby("src_ip")["tcp_window"].median()
+            w_syn = p[ok & syn].groupby("src_ip")["tcp_window"].median()
+            w = w_all.copy()
+            w.loc[w_syn.index] = w_syn
             w = w[w.index.isin(pos.index)]
             win[pos[w.index].to_numpy()] = w.to_numpy().round().astype(np.int64)
         self.host_ttl_ = ttl
@@ -241,7 +249,10 @@ class AggregateModel:
         # who talks to whom, per group, with which destination port (and source port if fixed)
         sport = flows["src_port"].fillna(0).to_numpy(np.int64)
         dport = flows["dst_port"].fillna(0).to_numpy(np.int64)
-        fixed = np.where((sport < 1024) | (sport == dport), sport, -1)
+        # UDP services often send from a fixed port (NTP 123 -> 123, mDNS, DHCP 68 -> 67); a TCP
+        # client reusing one would reuse its 4-tuple, so TCP source ports are always ephemeral
+        is_udp = (flows["craft_kind"] == "udp").to_numpy()
+        fixed = np.where(is_udp & ((sport < 1024) | (sport == dport)), sport, -1)
         t = pd.DataFrame({"g": gidx, "s": s_id, "d": d_id, "dp": dport, "sp": fixed})
         trip = t.groupby(["g", "s", "d", "dp", "sp"]).size().reset_index(name="c")
         self.pairs_ = {k: trip[c].to_numpy(np.int64) for k, c in
