@@ -312,16 +312,22 @@ def _spread_acks(flow, d, fl, pl, tcp, consumed, full, row_first) -> np.ndarray:
                                                                                consumed[row_first[sel]], 0))
         out[sel] = np.minimum(within, full[sel])
     # never acknowledge less than before: a running maximum per (flow, side)
-    key = flow * 2 + d
-    order = np.lexsort((np.arange(n), key))
-    v = out[order]
-    k = key[order]
-    starts = np.ones(n, bool)
-    starts[1:] = k[1:] != k[:-1]
-    grp = np.cumsum(starts) - 1
-    v = pd.Series(v).groupby(grp).cummax().to_numpy()
-    out[order] = v
+    for side in (0, 1):
+        idx = np.flatnonzero(d == side)
+        if len(idx):
+            out[idx] = _grouped_cummax(out[idx], flow[idx])
     return out
+
+
+def _grouped_cummax(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Running maximum restarting at each group (groups contiguous, values >= 0)."""
+    change = np.ones(len(groups), bool)
+    change[1:] = groups[1:] != groups[:-1]
+    rank = np.cumsum(change) - 1
+    if len(values) and values.max() < (1 << 40) and rank[-1] < (1 << 22):
+        shift = rank.astype(np.int64) << 40  # each group above every value of the groups before
+        return np.maximum.accumulate(shift + values) - shift
+    return pd.Series(values).groupby(rank).cummax().to_numpy()
 
 
 def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> PacketFields:
