@@ -144,6 +144,7 @@ def generate(
     app_names: Optional[List[str]] = typer.Option(None, "--app", help="Only flows of this application (repeatable)."),
     payload: str = typer.Option("zeros", "--payload", help="Payload bytes: zeros, or app (DNS queries, HTTP requests, TLS records)."),
     format: str = typer.Option("pcap", "--format", help="pcap (nanosecond) or pcapng."),
+    keep_addresses: bool = typer.Option(False, "--keep-addresses", help="Reuse the training capture's real addresses and MACs (default: pseudonyms keeping subnets and popularity)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing capture."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -164,7 +165,7 @@ def generate(
             dt = dt.replace(tzinfo=timezone.utc)
         start_ns = int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
     kwargs = dict(n_flows=flows, duration_s=duration, n_packets=packets, seed=seed, start_ns=start_ns,
-                  rate_scale=rate_scale, apps=app_names or None)
+                  rate_scale=rate_scale, apps=app_names or None, keep_addresses=keep_addresses)
     if quiet:
         result = run_generate(out, model_dir=model, payload=payload, format=format, force=force, **kwargs)
     else:

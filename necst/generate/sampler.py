@@ -101,7 +101,7 @@ class Sampler:
 
     def __init__(self, aggregate, flow_model, packet_model=None, *, payload: str = "zeros",
                  layout: str = "pcap", chunk_flows: int = 16384, max_packets_per_flow: int = 10000,
-                 close_flows: bool = True):
+                 close_flows: bool = True, keep_addresses: bool | None = None):
         self.aggregate = aggregate
         self.flow_model = flow_model
         self.packet_model = packet_model
@@ -110,6 +110,7 @@ class Sampler:
         self.chunk_flows = chunk_flows
         self.max_packets_per_flow = max_packets_per_flow
         self.close_flows = close_flows
+        self.keep_addresses = keep_addresses
         self.repairs: dict[str, int] = {}
         self.flows = 0
         self.timings = {"aggregate": 0.0, "flow_model": 0.0, "plan": 0.0, "frames": 0.0, "write": 0.0}
@@ -120,7 +121,7 @@ class Sampler:
         ports: dict = {}  # ephemeral port counters shared by the plans of this capture
         if n_packets is None:
             yield agg.sample(n_flows=n_flows, duration_s=duration_s, seed=_seed(seed, 0), start_ns=start_ns,
-                             rate_scale=rate_scale, apps=apps, port_state=ports)
+                             rate_scale=rate_scale, apps=apps, port_state=ports, keep_addresses=self.keep_addresses)
             return
         # N packets: plan flows for about N packets, then more (later in time) until N are written
         per_flow = max(agg.mean_packets(), 1.0)
@@ -129,7 +130,7 @@ class Sampler:
         while True:
             want = int(np.ceil(n_packets / per_flow * 1.2)) + 16
             plan = agg.sample(n_flows=want, seed=_seed(seed, round_), start_ns=t, rate_scale=rate_scale, apps=apps,
-                              port_state=ports)
+                              port_state=ports, keep_addresses=self.keep_addresses)
             if len(plan) == 0:
                 raise NecstError("the aggregate model plans no flows")
             yield plan
@@ -238,13 +239,15 @@ class Sampler:
 
 
 def generate(out: str | Path, models=None, *, model_dir: str | Path | None = None, payload: str = "zeros",
-             format: str = "pcap", force: bool = False, progress=None, **kwargs) -> GenerateResult:
+             format: str = "pcap", force: bool = False, progress=None, keep_addresses: bool | None = None,
+             close_flows: bool = True, **kwargs) -> GenerateResult:
     """``necst generate``: load the models (or take ``models``), stream a capture to ``out``."""
     if models is None:
         models = load_generator(model_dir)
     if getattr(models, "aggregate", None) is None or getattr(models, "flow", None) is None:
         raise NecstError("the generator needs its aggregate and flow levels (train with --level all)")
-    sampler = Sampler(models.aggregate, models.flow, getattr(models, "packet", None), payload=payload, layout=format)
+    sampler = Sampler(models.aggregate, models.flow, getattr(models, "packet", None), payload=payload, layout=format,
+                      keep_addresses=keep_addresses, close_flows=close_flows)
     result = sampler.generate(out, format=format, force=force, progress=progress, **kwargs)
     result.timings = dict(sampler.timings)
     return result

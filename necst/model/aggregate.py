@@ -258,10 +258,7 @@ class AggregateModel:
         self.pairs_ = {k: trip[c].to_numpy(np.int64) for k, c in
                        (("group", "g"), ("src", "s"), ("dst", "d"), ("dport", "dp"), ("sport", "sp"), ("count", "c"))}
         # MAC-only hosts get link-local IPv4 addresses (numbered) in both modes
-        mac_only = [i for i, h in enumerate(self.hosts_) if h.startswith("mac:")]
-        ips = list(self.hosts_)
-        for k, i in enumerate(mac_only):
-            ips[i] = str(ipaddress.IPv4Address("169.254.0.0") + 256 + k)
+        ips = self._real_addresses()
         self.addresses_ = ips if self.keep_addresses else _pseudonyms(ips, self.host_src_count_ + self.host_dst_count_)
         self.macs_ = self.host_mac_ if self.keep_addresses else _pseudo_macs(self.host_mac_)
 
@@ -310,11 +307,13 @@ class AggregateModel:
 
     def sample(self, n_flows: int | None = None, duration_s: float | None = None, seed: int = 0,
                start_ns: int | None = None, rate_scale: float = 1.0, apps=None,
-               port_state: dict | None = None) -> pd.DataFrame:
+               port_state: dict | None = None, keep_addresses: bool | None = None) -> pd.DataFrame:
         """A flow plan, one row per flow, in start order (module docstring for the columns' sources).
 
         ``port_state``: a dict shared by the successive plans of one capture, so that ephemeral
         source ports keep counting up instead of starting over (no reused 4-tuples).
+        ``keep_addresses``: real addresses and MACs (True) or the pseudonyms (False); default: as
+        configured. The bundle holds both, so the choice can be made at sampling time.
         """
         if n_flows is None and duration_s is None:
             raise NecstError("give a number of flows or a duration")
@@ -347,10 +346,11 @@ class AggregateModel:
             "packets": packets, "bytes": np.maximum(np.rint(np.expm1(x[:, 1])), 0).astype(np.int64),
             "duration_s": np.expm1(x[:, 2]),
         })
-        self._assign_hosts(plan, g, rng, port_state)
+        self._assign_hosts(plan, g, rng, port_state, keep_addresses)
         return plan
 
-    def _assign_hosts(self, plan: pd.DataFrame, g: np.ndarray, rng, port_state: dict | None = None) -> None:
+    def _assign_hosts(self, plan: pd.DataFrame, g: np.ndarray, rng, port_state: dict | None = None,
+                      keep_addresses: bool | None = None) -> None:
         P = self.pairs_
         n = len(plan)
         row = np.zeros(n, np.int64)
@@ -363,8 +363,9 @@ class AggregateModel:
             w = P["count"][cand].astype(float)
             row[sel] = cand[rng.choice(len(cand), size=len(sel), p=w / w.sum())]
         s, d = P["src"][row], P["dst"][row]
-        addr = np.asarray(self.addresses_, object)
-        macs = np.asarray(self.macs_, object)
+        keep = self.keep_addresses if keep_addresses is None else keep_addresses
+        addr = np.asarray(self._real_addresses() if keep else self.addresses_, object)
+        macs = np.asarray(self.host_mac_ if keep else self.macs_, object)
         plan["src_host"], plan["dst_host"] = s, d
         plan["src_ip"], plan["dst_ip"] = addr[s], addr[d]
         plan["ip_version"] = self.host_version_[s]
@@ -385,6 +386,13 @@ class AggregateModel:
         plan["src_port"] = np.where(fixed >= 0, fixed, eph)
         plan["ttl_src"], plan["ttl_dst"] = self.host_ttl_[s], self.host_ttl_[d]
         plan["win_src"], plan["win_dst"] = self.host_window_[s], self.host_window_[d]
+
+    def _real_addresses(self) -> list[str]:
+        """The real addresses; MAC-only hosts (ARP) numbered from 169.254.1.0."""
+        ips = list(self.hosts_)
+        for k, i in enumerate(i for i, h in enumerate(self.hosts_) if h.startswith("mac:")):
+            ips[i] = str(ipaddress.IPv4Address("169.254.0.0") + 256 + k)
+        return ips
 
     def _tuple_ids(self) -> np.ndarray:
         """Per pairs row: one id per (craftable kind, source, destination, destination port)."""
