@@ -3,6 +3,7 @@
 The public API, re-exported here lazily (importing ``necst`` loads none of the stages):
 
     from necst import process_captures, load_dataset, CaptureReader   # process
+    from necst import AggregateModel, generate, CaptureWriter         # generate
     from necst import compare, evaluate                              # evaluate
     from necst import Detector, IsolationForestDetector, LOFDetector  # detect
 """
@@ -15,12 +16,16 @@ from necst.errors import NecstError
 
 _EXPORTS = {
     "CaptureReader": "necst.capture.reader",
+    "CaptureWriter": "necst.capture.writer",
+    "write_capture": "necst.capture.writer",
     "process_captures": "necst.process.dataset",
     "load_dataset": "necst.process.dataset",
     "read_packets": "necst.process.dataset",
     "read_flows": "necst.process.dataset",
     "FlowMeter": "necst.process.flows",
     "FeatureSpec": "necst.process.features",
+    "AggregateModel": "necst.model.aggregate",
+    "generate": "necst.generate",
     "compare": "necst.evaluate",
     "evaluate": "necst.evaluate",
     "Detector": "necst.detect",
