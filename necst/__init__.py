@@ -10,6 +10,11 @@ The public API, re-exported here lazily (importing ``necst`` loads none of the s
 from __future__ import annotations
 
 import importlib
+import os
+
+# TensorFlow's C++ logging prints a CUDA error line on every machine without a GPU; necst reports
+# its own errors. Set TF_CPP_MIN_LOG_LEVEL yourself to see TensorFlow's.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from necst._version import SCHEMA_VERSION, __version__
 from necst.errors import NecstError
