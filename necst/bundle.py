@@ -24,6 +24,7 @@ from necst._version import SCHEMA_VERSION, __version__
 from necst.errors import BundleError, OutputExistsError
 
 MANIFEST = "manifest.json"
+README = "README.md"
 BUNDLE_FORMAT = 1  # the layout of the manifest itself
 _ALLOWED_SUFFIXES = (".keras", ".npz", ".json")
 
@@ -132,7 +133,8 @@ class Bundle:
             raise BundleError(f"unknown bundle format {manifest.get('bundle_format')!r}", self.path)
         if kind is not None and bkind != kind:
             raise BundleError(f"bundle holds a {bkind!r}, expected a {kind!r}", self.path)
-        present = {p.name for p in self.path.iterdir()} - {MANIFEST}
+        # A README of provenance may sit beside the files; it is documentation, never loaded.
+        present = {p.name for p in self.path.iterdir()} - {MANIFEST, README}
         missing = sorted(set(files) - present)
         extra = sorted(present - set(files))
         if missing:
