@@ -1,0 +1,82 @@
+"""Fidelity of the packet model against the real-vs-real floor (issue 5, item 1).
+
+Standard split of iot_sentinel (../shared/tools/iot_split.py): train on the training part,
+sample as many packets as the held-out part holds (with its kinds and positions in flows), and
+compare with necst.evaluate's metric functions: model vs held-out beside train vs held-out (the
+floor) and an independent-marginals sampler drawn from the training part.
+
+    PYTHONPATH=. python scripts/eval_packet_model.py [--cache /tmp/necst_iot] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT = ROOT.parent / "shared" / "tools" / "iot_split.py"
+
+
+def datasets(cache: Path) -> dict[str, Path]:
+    from necst.process.dataset import process_captures
+
+    out = subprocess.run([sys.executable, str(SPLIT)], capture_output=True, text=True, check=True).stdout
+    parts: dict[str, list[str]] = {"train": [], "heldout": []}
+    for line in out.splitlines():
+        part, path = line.split("\t")
+        parts[part].append(path)
+    found = {}
+    for part, paths in parts.items():
+        folder = cache / f"iot_{part}"
+        if not (folder / "meta.json").is_file():
+            print(f"processing {len(paths)} {part} captures -> {folder}", flush=True)
+            process_captures(paths, folder, force=True)
+        found[part] = folder
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/necst_iot"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--latent-dim", type=int, default=None)
+    ap.add_argument("--decode", default=None)
+    ap.add_argument("--save", type=Path, default=None, help="also save the bundle here")
+    args = ap.parse_args()
+
+    from necst.model.packet import PacketModel, fidelity_table, format_table, flow_positions
+    from necst.process.dataset import load_dataset
+    from necst.process.features import packet_features
+
+    parts = datasets(args.cache)
+    train = load_dataset(parts["train"])
+    held = packet_features(load_dataset(parts["heldout"]).packets)
+    train_feats = packet_features(train.packets)
+    params = {k: v for k, v in {"epochs": args.epochs, "latent_dim": args.latent_dim,
+                                "decode": args.decode}.items() if v is not None}
+    started = time.perf_counter()
+    model = PacketModel(seed=args.seed, **params).fit(train)
+    fit_s = time.perf_counter() - started
+    table = fidelity_table(model, held.assign(position=flow_positions(held)),
+                           floor=train_feats, seed=args.seed)
+    print(f"train: {len(train_feats)} packets, held-out: {len(held)} packets")
+    print(f"fit: {fit_s:.1f} s (VAE {model.vae_seconds_:.1f} s, mixtures {model.mixture_seconds_:.1f} s), {model.epochs_run_} epochs, best val loss {model.val_loss_:.4f}, "
+          f"params {model.get_params()}")
+    print("mixtures: " + ", ".join(f"{k}={v['chosen']}" for k, v in model.mixture_info_.items()))
+    print("mixture used per (kind, position): " + ", ".join(f"{k}->{v}" for k, v in model.mixture_for_.items()))
+    print(f"sizes: {model.size_bytes()}")
+    print(format_table(table))
+    marg = table[~table.metric.isin(["len_x_flags_jsd", "len_x_direction_jsd"])]
+    print(f"passed {int(table['pass'].sum())}/{len(table)} "
+          f"(marginal rows: model <= 1.5 x floor; joint rows: model < marginals)")
+    if args.save:
+        model.save(args.save, force=True)
+        size = sum(p.stat().st_size for p in args.save.iterdir())
+        print(f"bundle {args.save}: {size} bytes")
+
+
+if __name__ == "__main__":
+    main()
