@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from necst._version import __version__
 from necst.bundle import BundleWriter, load
 from necst.errors import BundleError, NecstError
 
 KIND = "generator"
+SEAL = "generator.json"
 LEVELS = ("packet", "flow", "aggregate")
 # level -> (module, class); flow and aggregate come from their own modules when present
 LEVEL_CLASSES = {"packet": ("necst.model.packet", "PacketModel"),
@@ -57,6 +60,10 @@ def level_class(level: str):
     return getattr(mod, name)
 
 
+def _seal(config: dict, necst_version: str) -> dict:
+    return json.loads(json.dumps({"config": config, "necst_version": necst_version}, sort_keys=True))
+
+
 def save_generator(out: str | Path, packet=None, flow=None, aggregate=None, *,
                    dataset_fingerprint: str | None = None, force: bool = False) -> Path:
     """Write the levels given into one generator bundle (temporary folder, renamed when done)."""
@@ -71,15 +78,29 @@ def save_generator(out: str | Path, packet=None, flow=None, aggregate=None, *,
                 models[level].write_to(writer)
                 if level not in writer.config["levels"]:
                     writer.config["levels"].append(level)
+        # The manifest itself is not hashed: a hashed copy of its config lets loading see any
+        # edit to it (a changed number in a level's config would otherwise pass unnoticed).
+        writer.add_json(SEAL, _seal(writer.config, __version__))
         return writer.commit()
     except BaseException:
         writer.abort()
         raise
 
 
+def verify_seal(bundle) -> None:
+    """Refuse a generator bundle whose manifest differs from its hashed copy."""
+    try:
+        sealed = bundle.json(SEAL)
+    except ValueError:
+        raise BundleError(f"{SEAL} is unreadable", bundle.path) from None
+    if sealed != _seal(bundle.config, bundle.manifest.get("necst_version")):
+        raise BundleError(f"manifest.json does not match {SEAL} (edited or corrupt)", bundle.path)
+
+
 def load_generator(path: str | Path) -> GeneratorModels:
     """Every level of a generator bundle, verified (hashes, schema, format)."""
     bundle = load(path, kind=KIND)
+    verify_seal(bundle)
     levels = bundle.config.get("levels")
     if not isinstance(levels, list) or not levels:
         raise BundleError("manifest lists no model levels", bundle.path)

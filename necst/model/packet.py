@@ -515,10 +515,13 @@ class PacketModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "PacketModel":
-        """The packet level of any generator bundle."""
+        """The packet level of any generator bundle (every file and the manifest verified)."""
         from necst.bundle import load
+        from necst.model.bundle import verify_seal
 
-        return cls.read_from(load(path, kind="generator"))
+        bundle = load(path, kind="generator")
+        verify_seal(bundle)
+        return cls.read_from(bundle)
 
     def size_bytes(self) -> dict[str, int]:
         """Parameter counts and stored sizes, for reports."""
@@ -630,3 +633,15 @@ def format_table(table: pd.DataFrame) -> str:
         ok = "-" if r["pass"] is None or pd.isna(r["pass"]) else ("yes" if r["pass"] else "NO")
         lines.append(f"{r['metric']:<22}{r['model']:>11.3g}{fl:>11}{ra:>8}{r['marginals']:>11.3g}  {ok}")
     return "\n".join(lines)
+
+
+def training_fidelity(model: PacketModel, dataset, seed: int = 0, max_packets: int = 100_000) -> str:
+    """The fidelity table of ``model`` against (up to ``max_packets`` of) a dataset's packets,
+    as text: what ``necst train`` prints when done. There is no floor against the training
+    data itself; the joint rows must beat the independent-marginals sampler."""
+    feats, _ = _as_features(dataset)
+    if len(feats) > max_packets:
+        rng = np.random.default_rng(seed)
+        feats = feats.assign(position=flow_positions(feats))
+        feats = feats.iloc[np.sort(rng.choice(len(feats), max_packets, replace=False))]
+    return format_table(fidelity_table(model, feats.reset_index(drop=True), seed=seed))
