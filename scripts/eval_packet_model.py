@@ -37,6 +37,24 @@ def datasets(cache: Path) -> dict[str, Path]:
     return found
 
 
+def time_fit(feats, n: int, seed: int, params: dict) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from necst.model.packet import PacketModel
+
+    copies, offset = [], 0
+    while sum(len(c) for c in copies) < n:
+        copies.append(feats.assign(flow_id=feats["flow_id"] + offset))
+        offset += int(feats["flow_id"].max()) + 1
+    big = pd.concat(copies, ignore_index=True).iloc[:n]
+    started = time.perf_counter()
+    model = PacketModel(seed=seed, **params).fit(big)
+    print(f"fit on {len(big)} packets: {time.perf_counter() - started:.1f} s (VAE {model.vae_seconds_:.1f} s, "
+          f"{model.epochs_run_} epochs; mixtures {model.mixture_seconds_:.1f} s, {len(model.mixtures_)} mixtures)")
+    print(f"sizes: {model.size_bytes()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/necst_iot"))
@@ -44,7 +62,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--latent-dim", type=int, default=None)
     ap.add_argument("--decode", default=None)
+    ap.add_argument("--mixture-on", default=None)
+    ap.add_argument("--beta", type=float, default=None)
+    ap.add_argument("--bic-points", type=int, default=None)
+    ap.add_argument("--hidden", default=None, help="e.g. 128,64")
     ap.add_argument("--save", type=Path, default=None, help="also save the bundle here")
+    ap.add_argument("--timing-packets", type=int, default=None,
+                    help="only time a fit on this many packets (the training part repeated, "
+                         "flow ids offset) and print the model sizes")
     args = ap.parse_args()
 
     from necst.model.packet import PacketModel, fidelity_table, format_table, flow_positions
@@ -56,7 +81,13 @@ def main() -> None:
     held = packet_features(load_dataset(parts["heldout"]).packets)
     train_feats = packet_features(train.packets)
     params = {k: v for k, v in {"epochs": args.epochs, "latent_dim": args.latent_dim,
-                                "decode": args.decode}.items() if v is not None}
+                                "decode": args.decode, "mixture_on": args.mixture_on, "beta": args.beta,
+                                "bic_points": args.bic_points,
+                                "hidden": None if args.hidden is None else tuple(int(h) for h in args.hidden.split(","))
+                                }.items() if v is not None}
+    if args.timing_packets:
+        time_fit(train_feats, args.timing_packets, args.seed, params)
+        return
     started = time.perf_counter()
     model = PacketModel(seed=args.seed, **params).fit(train)
     fit_s = time.perf_counter() - started
