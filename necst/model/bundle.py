@@ -137,6 +137,10 @@ def train_generator(dataset: str | Path, out: str | Path, level: str = "packet",
     if out.exists() and not force:
         raise NecstError("exists already (use --force to overwrite)", out)
     models = load_generator(model) if model is not None else GeneratorModels()
+    if "packet" in wanted and "flow" not in wanted and models.flow is not None:
+        # the flow level speaks in the old packet level's codes: it cannot ride along
+        echo("note: the flow level of --model is dropped (it was learned on the old packet codes)")
+        models.flow = None
     data = load_dataset(dataset)
     fingerprint = dataset_fingerprint(data.meta)
     for lv in wanted:

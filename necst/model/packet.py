@@ -178,7 +178,7 @@ class PacketModel:
                  epochs: int = 30, batch_size: int = 1024, patience: int = 3,
                  validation_fraction: float = 0.1, learning_rate: float = 2e-3,
                  max_components: int = 40, min_packets: int = 500,
-                 max_train_packets: int = 300_000, bic_points: int = 5_000,
+                 max_train_packets: int = 300_000, bic_points: int = 20_000,
                  decode: str = "sample", mixture_on: str = "posterior",
                  min_port_frequency: float = 1e-4,
                  seed: int = 0, verbose: int = 0):
