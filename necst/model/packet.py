@@ -19,14 +19,20 @@ the flow, which the flow level models.
 Mixtures: one per kind and position in the flow (first / body / last) where the training data
 holds ``min_packets`` of them, else that kind's pooled mixture, else the pooled mixture of all
 packets; ``mixture_for_`` records which one each (kind, position) uses. Sizes by BIC over
-1..``max_components``. The mixtures are fitted on one draw from each packet's posterior
-(``mixture_on="posterior"``), i.e. on the aggregate posterior the decoder was trained on;
-fitting them on the posterior means alone (NeCSTGen's way, ``"mean"``) samples too close to the
-centres and measured worse on flags and direction.
+1..``max_components``. The per-position mixtures, which ``sample`` draws from, are fitted on one
+draw from each packet's posterior (``mixture_on="posterior"``), i.e. on the aggregate posterior
+the decoder was trained on; fitted on the posterior means alone (NeCSTGen's way, ``"mean"``)
+they sample too close to the centres and measured worse on flags and direction. The kind's
+pooled mixture, whose components are the codes of the discrete interface, is fitted on the
+latent means: there packets form tight clusters, and BIC keeps enough components for the codes
+to tell packet types apart (on posterior draws it kept as few as 1 to 4).
 
 Decoding guarantees: integer lengths with ``wire_len == hdr_len + payload_len``; the kind asked
 for; flag combinations, header lengths and port buckets seen with that kind in training; a first
-packet has ``direction`` 0 and ``gap_s`` 0. Categorical heads are drawn from their softmax
+packet has ``direction`` 0 and ``gap_s`` 0; flags and gap classes that hold under 0.1 % of a
+(kind, position)'s training packets are not drawn there (no SYN in a flow's body, no zero gap
+after the first packet: without this mask 19 % of sampled non-first ARP/ICMP packets had the
+first packets' zero gap, against 0 % in the data). Categorical heads are drawn from their softmax
 (``decode="sample"``, the default) or take its argmax (``decode="argmax"``).
 """
 from __future__ import annotations
@@ -46,6 +52,8 @@ from necst.process.features import (NOT_TCP, FeatureSpec, categorical, continuou
                                     packet_features)
 
 KINDS = ("tcp", "udp", "noflow")
+POSITION_MASKED = ("flag_combo", "gap_s_bin")
+MASK_SHARE = 1e-3
 POSITIONS = ("first", "body", "last")
 LEVEL = "packet"
 FORMAT_VERSION = 1
@@ -86,8 +94,11 @@ class QuantileBins:
         z = np.sort(self._z(x))
         qs = np.quantile(z, np.linspace(0, 1, n_bins + 1), method="inverted_cdf")
         # bins [e_i, e_i+1); a mass point repeated in qs becomes [v, v] then the next bin
-        edges = np.unique(qs)
-        edges = np.append(edges, np.nextafter(edges[-1], np.inf))
+        values, repeats = np.unique(qs, return_counts=True)
+        mass = values[repeats > 1]  # more mass than a bin: a bin [v, v+) of its own
+        edges = np.unique(np.concatenate([values, np.nextafter(mass, np.inf)]))
+        if edges[-1] == values[-1]:
+            edges = np.append(edges, np.nextafter(edges[-1], np.inf))
         index = np.clip(np.searchsorted(edges, z, side="right") - 1, 0, len(edges) - 2)
         starts = np.searchsorted(index, np.arange(len(edges) - 1), side="left")
         stops = np.searchsorted(index, np.arange(len(edges) - 1), side="right")
@@ -237,15 +248,17 @@ class PacketModel:
         self.epochs_run_ = vae.epochs_run
 
         self.vae_seconds_ = time.perf_counter() - started
-        Z = self._latent(X)
+        Z_mean = self._latent(X)
+        Z = Z_mean
         if self.mixture_on == "posterior":
             # one draw from each packet's posterior: the mixtures then fit the aggregate posterior
             # the decoder was trained on, not only its centres
             log_var = np.clip(self.encoder_(X)[:, self.latent_dim:].astype(np.float64), -12, 8)
-            Z = Z + np.exp(0.5 * log_var) * rng.standard_normal(Z.shape)
+            Z = Z_mean + np.exp(0.5 * log_var) * rng.standard_normal(Z.shape)
         kinds = feats["kind"].astype(str).to_numpy()
         positions = feats["position"].to_numpy()
-        self._fit_mixtures(Z, kinds, positions)
+        self._fit_mixtures(Z, Z_mean, kinds, positions)
+        self.position_masks_ = self._position_masks(X, kinds, positions)
         counts = pd.crosstab(kinds, positions)
         self.proportions_ = {k: {p: int(counts.loc[k, p]) if k in counts.index and p in counts.columns
                                  else 0 for p in POSITIONS} for k in KINDS}
@@ -263,6 +276,27 @@ class PacketModel:
         return feats.assign(**{f"{f}_bin": b.transform(feats[f].to_numpy())
                                for f, b in self.bins_.items()})
 
+    def _position_masks(self, X: np.ndarray, kinds: np.ndarray, positions: np.ndarray) -> dict:
+        """Per (kind, position), the values of ``POSITION_MASKED`` fields that hold at least
+        ``MASK_SHARE`` of its packets: a SYN never decodes as a body packet, nor a zero gap
+        (the gap of first packets) as a later one."""
+        masks = {}
+        by_name = {b.name: b for b in self.spec_.blocks}
+        for name in POSITION_MASKED:
+            b = by_name[name]
+            codes = np.argmax(X[:, b.slice], axis=1)
+            width = b.slice.stop - b.slice.start
+            mask = np.ones((len(KINDS), len(POSITIONS), width), dtype=bool)
+            for i, k in enumerate(KINDS):
+                for j, p in enumerate(POSITIONS):
+                    rows = (kinds == k) & (positions == p)
+                    if rows.sum() == 0:
+                        continue
+                    counts = np.bincount(codes[rows], minlength=width)
+                    mask[i, j] = counts >= max(1.0, MASK_SHARE * rows.sum())
+            masks[name] = mask
+        return masks
+
     def _n_cont(self) -> int:
         sl = self.spec_.continuous_slice
         return sl.stop - sl.start
@@ -277,21 +311,22 @@ class PacketModel:
     def _latent(self, X: np.ndarray) -> np.ndarray:
         return self.encoder_(X)[:, : self.latent_dim].astype(np.float64)
 
-    def _fit_mixtures(self, Z: np.ndarray, kinds: np.ndarray, positions: np.ndarray) -> None:
+    def _fit_mixtures(self, Z: np.ndarray, Z_mean: np.ndarray, kinds: np.ndarray,
+                      positions: np.ndarray) -> None:
         candidates = [c for c in DEFAULT_CANDIDATES if c <= self.max_components]
         self.mixtures_: dict[str, Mixture] = {}
         self.mixture_info_: dict[str, dict] = {}
         self.mixture_for_: dict[str, str] = {}
 
-        def fit(key, rows):
-            m, info = Mixture.fit_bic(Z[rows], candidates, seed=self.seed, max_points=self.bic_points)
+        def fit(key, rows, points=Z):
+            m, info = Mixture.fit_bic(points[rows], candidates, seed=self.seed, max_points=self.bic_points)
             self.mixtures_[key], self.mixture_info_[key] = m, dict(info, packets=int(len(rows)))
 
         for kind in KINDS:
             rows = np.flatnonzero(kinds == kind)
             own = len(rows) >= self.min_packets
-            if own:
-                fit(kind, rows)
+            if own:  # the codes: on latent means, where packets form tight, separate clusters
+                fit(kind, rows, Z_mean)
             self.mixture_for_[kind] = kind if own else "all"
             for pos in POSITIONS:
                 sub = rows[positions[rows] == pos]
@@ -302,7 +337,7 @@ class PacketModel:
                 else:
                     self.mixture_for_[key] = self.mixture_for_[kind]
         if "all" in self.mixture_for_.values():  # a kind too rare for its own: the pooled one
-            fit("all", np.arange(len(Z)))
+            fit("all", np.arange(len(Z)), Z_mean)
 
     # -- using ------------------------------------------------------------------------------
 
@@ -411,6 +446,17 @@ class PacketModel:
                 raise NecstError(f"the model saw no {k!r} packets")
             onehot[kinds == k, cats.index(k)] = 0.0
         scores[:, kb.slice] = onehot
+        if positions is not None:
+            for name in POSITION_MASKED:
+                sl = by_name[name].slice
+                mask = self.position_masks_[name]
+                for i, k in enumerate(KINDS):
+                    for j, p in enumerate(POSITIONS):
+                        rows = np.flatnonzero((kinds == k) & (positions == p))
+                        if len(rows):
+                            block = scores[rows, sl]
+                            block[:, ~mask[i, j]] = -np.inf
+                            scores[rows, sl] = block
         df = spec.inverse_transform(scores)
         df["kind"] = kinds.astype(str)
         hdr = df["hdr_len"].to_numpy(dtype=np.int64)
@@ -470,6 +516,8 @@ class PacketModel:
         arrays.update(self.decoder_.to_arrays("decoder_"))
         for f, b in self.bins_.items():
             arrays.update(b.to_arrays(f"bins_{f}_"))
+        for name, mask in self.position_masks_.items():
+            arrays[f"mask_{name}"] = mask
         writer.add_arrays("packet_network.npz", **arrays)
         mix = {}
         for key, m in self.mixtures_.items():
@@ -497,6 +545,7 @@ class PacketModel:
             model.encoder_ = DenseStack.from_arrays(net, "encoder_")
             model.decoder_ = DenseStack.from_arrays(net, "decoder_")
             model.bins_ = {f: QuantileBins.from_arrays(net, f"bins_{f}_") for f in BINNED}
+            model.position_masks_ = {n: np.asarray(net[f"mask_{n}"], dtype=bool) for n in POSITION_MASKED}
             mix = bundle.arrays("packet_mixtures.npz")
             keys = sorted({k.split("__")[0] for k in mix})
             model.mixtures_ = {k: Mixture.from_arrays(mix, f"{k}__") for k in keys}
