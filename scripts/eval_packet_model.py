@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--decode", default=None)
     ap.add_argument("--mixture-on", default=None)
     ap.add_argument("--beta", type=float, default=None)
+    ap.add_argument("--no-calibrate", action="store_true")
     ap.add_argument("--bic-points", type=int, default=None)
     ap.add_argument("--hidden", default=None, help="e.g. 128,64")
     ap.add_argument("--save", type=Path, default=None, help="also save the bundle here")
@@ -82,7 +83,7 @@ def main() -> None:
     train_feats = packet_features(train.packets)
     params = {k: v for k, v in {"epochs": args.epochs, "latent_dim": args.latent_dim,
                                 "decode": args.decode, "mixture_on": args.mixture_on, "beta": args.beta,
-                                "bic_points": args.bic_points,
+                                "bic_points": args.bic_points, "calibrate": False if args.no_calibrate else None,
                                 "hidden": None if args.hidden is None else tuple(int(h) for h in args.hidden.split(","))
                                 }.items() if v is not None}
     if args.timing_packets:

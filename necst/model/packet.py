@@ -27,6 +27,12 @@ pooled mixture, whose components are the codes of the discrete interface, is fit
 latent means: there packets form tight clusters, and BIC keeps enough components for the codes
 to tell packet types apart (on posterior draws it kept as few as 1 to 4).
 
+Calibration (``calibrate=True``): per (kind, position), each categorical head gets log-weights
+fitted at training time (iterative proportional fitting over 20,000 latent draws of that group's
+mixture) so that the sampled share of each value matches the training data; the latent point
+still ties the fields together. Measured on the iot_sentinel split: flags JSD 13x -> 0.8x the
+floor, log-gap EMD 2.0x -> 1.2x. It changes ``sample`` (positions known), not ``sample_codes``.
+
 Decoding guarantees: integer lengths with ``wire_len == hdr_len + payload_len``; the kind asked
 for; flag combinations, header lengths and port buckets seen with that kind in training; a first
 packet has ``direction`` 0 and ``gap_s`` 0; flags and gap classes that hold under 0.1 % of a
@@ -54,6 +60,7 @@ from necst.process.features import (NOT_TCP, FeatureSpec, categorical, continuou
 KINDS = ("tcp", "udp", "noflow")
 POSITION_MASKED = ("flag_combo", "gap_s_bin")
 MASK_SHARE = 1e-3
+CLIP_W = 1e-8  # smallest calibration weight relative to the largest
 POSITIONS = ("first", "body", "last")
 LEVEL = "packet"
 FORMAT_VERSION = 1
@@ -190,7 +197,7 @@ class PacketModel:
                  validation_fraction: float = 0.1, learning_rate: float = 2e-3,
                  max_components: int = 40, min_packets: int = 500,
                  max_train_packets: int = 300_000, bic_points: int = 20_000,
-                 decode: str = "sample", mixture_on: str = "posterior",
+                 decode: str = "sample", mixture_on: str = "posterior", calibrate: bool = True,
                  min_port_frequency: float = 1e-4,
                  seed: int = 0, verbose: int = 0):
         self.latent_dim = latent_dim
@@ -207,6 +214,7 @@ class PacketModel:
         self.bic_points = bic_points
         self.decode = decode
         self.mixture_on = mixture_on
+        self.calibrate = calibrate
         self.min_port_frequency = min_port_frequency
         self.seed = seed
         self.verbose = verbose
@@ -259,6 +267,7 @@ class PacketModel:
         positions = feats["position"].to_numpy()
         self._fit_mixtures(Z, Z_mean, kinds, positions)
         self.position_masks_ = self._position_masks(X, kinds, positions)
+        self.calibration_ = self._calibration(X, kinds, positions, rng)
         counts = pd.crosstab(kinds, positions)
         self.proportions_ = {k: {p: int(counts.loc[k, p]) if k in counts.index and p in counts.columns
                                  else 0 for p in POSITIONS} for k in KINDS}
@@ -296,6 +305,44 @@ class PacketModel:
                     mask[i, j] = counts >= max(1.0, MASK_SHARE * rows.sum())
             masks[name] = mask
         return masks
+
+    def _calibration(self, X: np.ndarray, kinds: np.ndarray, positions: np.ndarray,
+                     rng: np.random.Generator, draws: int = 20_000, rounds: int = 10) -> dict:
+        """Log-weights per (kind, position) and categorical head that bring the sampled
+        marginal of each head to the training data's (iterative proportional fitting on
+        ``draws`` latent points of that group's mixture). A mixture with a few components
+        over a smooth latent space gets a head's shares a few percent wrong (sampled first TCP
+        packets were 91 % SYN against 99 % in the data); the weights fix the shares of each
+        field while the latent point still ties the fields together. A value never seen in
+        the group gets weight 0 (log -inf)."""
+        blocks = [b for b in self.spec_.blocks if b.kind == "categorical" and b.name != "kind"]
+        out = {b.name: np.zeros((len(KINDS), len(POSITIONS), b.slice.stop - b.slice.start))
+               for b in blocks}
+        for i, k in enumerate(KINDS):
+            for j, p in enumerate(POSITIONS):
+                rows = (kinds == k) & (positions == p)
+                if rows.sum() == 0:
+                    continue
+                mix = self.mixtures_[self.mixture_for_[_mixture_key(k, p)]]
+                Zs, _ = mix.sample(draws, rng)
+                probs = activate(self.decoder_(Zs), self._n_cont(), self._cat_slices())
+                for b in blocks:
+                    target = X[rows, b.slice].astype(np.float64).mean(axis=0)
+                    P = probs[:, b.slice]
+                    if b.name in POSITION_MASKED:  # masked values are out of reach: aim at the rest
+                        P = P * self.position_masks_[b.name][i, j]
+                        target = target * self.position_masks_[b.name][i, j]
+                        target = target / target.sum()
+                    w = (target > 0).astype(np.float64)
+                    for _ in range(rounds):
+                        Q = P * w
+                        Q /= np.maximum(Q.sum(axis=1, keepdims=True), 1e-300)
+                        got = Q.mean(axis=0)
+                        w = np.where(target > 0, w * target / np.maximum(got, 1e-12), 0.0)
+                        w = np.where(target > 0, np.clip(w / w[target > 0].max(), CLIP_W, 1.0), 0.0)
+                    with np.errstate(divide="ignore"):
+                        out[b.name][i, j] = np.log(w)
+        return out
 
     def _n_cont(self) -> int:
         sl = self.spec_.continuous_slice
@@ -434,10 +481,10 @@ class PacketModel:
         for b in spec.blocks:
             if b.kind != "categorical":
                 continue
+            scores[:, b.slice] = np.log(np.maximum(probs[:, b.slice], 1e-300))
             if self.decode == "sample":  # Gumbel-max: argmax of log p + G draws from p
                 u = rng.random((n, b.slice.stop - b.slice.start))
-                scores[:, b.slice] = (np.log(np.maximum(probs[:, b.slice], 1e-300))
-                                      - np.log(-np.log(np.maximum(u, 1e-300))))
+                scores[:, b.slice] -= np.log(-np.log(np.maximum(u, 1e-300)))
         kb = by_name["kind"]
         cats = list(kb.categories)
         onehot = np.full((n, len(cats)), -np.inf)
@@ -446,6 +493,14 @@ class PacketModel:
                 raise NecstError(f"the model saw no {k!r} packets")
             onehot[kinds == k, cats.index(k)] = 0.0
         scores[:, kb.slice] = onehot
+        if positions is not None and self.calibrate:
+            for name, logw in self.calibration_.items():
+                sl = by_name[name].slice
+                for i, k in enumerate(KINDS):
+                    for j, p in enumerate(POSITIONS):
+                        rows = np.flatnonzero((kinds == k) & (positions == p))
+                        if len(rows):
+                            scores[rows, sl] += logw[i, j]
         if positions is not None:
             for name in POSITION_MASKED:
                 sl = by_name[name].slice
@@ -518,6 +573,8 @@ class PacketModel:
             arrays.update(b.to_arrays(f"bins_{f}_"))
         for name, mask in self.position_masks_.items():
             arrays[f"mask_{name}"] = mask
+        for name, logw in self.calibration_.items():
+            arrays[f"calibration_{name}"] = logw
         writer.add_arrays("packet_network.npz", **arrays)
         mix = {}
         for key, m in self.mixtures_.items():
@@ -546,6 +603,8 @@ class PacketModel:
             model.decoder_ = DenseStack.from_arrays(net, "decoder_")
             model.bins_ = {f: QuantileBins.from_arrays(net, f"bins_{f}_") for f in BINNED}
             model.position_masks_ = {n: np.asarray(net[f"mask_{n}"], dtype=bool) for n in POSITION_MASKED}
+            model.calibration_ = {k[len("calibration_"):]: np.asarray(v, dtype=np.float64)
+                                  for k, v in net.items() if k.startswith("calibration_")}
             mix = bundle.arrays("packet_mixtures.npz")
             keys = sorted({k.split("__")[0] for k in mix})
             model.mixtures_ = {k: Mixture.from_arrays(mix, f"{k}__") for k in keys}
