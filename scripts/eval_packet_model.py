@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--mixture-on", default=None)
     ap.add_argument("--beta", type=float, default=None)
     ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--sample-seeds", type=int, default=1,
+                    help="also print model/floor ratios for this many sampling seeds")
     ap.add_argument("--bic-points", type=int, default=None)
     ap.add_argument("--hidden", default=None, help="e.g. 128,64")
     ap.add_argument("--save", type=Path, default=None, help="also save the bundle here")
@@ -104,6 +106,16 @@ def main() -> None:
     marg = table[~table.metric.isin(["len_x_flags_jsd", "len_x_direction_jsd"])]
     print(f"passed {int(table['pass'].sum())}/{len(table)} "
           f"(marginal rows: model <= 1.5 x floor; joint rows: model < marginals)")
+    if args.sample_seeds > 1:
+        import pandas as pd
+
+        ratios = {}
+        for s in range(args.sample_seeds):
+            t = fidelity_table(model, held.assign(position=flow_positions(held)), floor=train_feats,
+                               seed=args.seed + s).set_index("metric")
+            ratios[f"seed {args.seed + s}"] = (t["model"] / t["floor"]).round(2)
+        print("model / floor over sampling seeds (same fitted model):")
+        print(pd.DataFrame(ratios).to_string())
     if args.save:
         model.save(args.save, force=True)
         size = sum(p.stat().st_size for p in args.save.iterdir())

@@ -11,7 +11,7 @@ header sizes that occur for the kind, Ethernet padding included), and the quanti
 payload_len and of log10 gap_s (``QuantileBins``: ~64 and ~48 bins, a frequent value getting a bin
 of its own; a value is drawn inside the decoded bin from that bin's own quantiles). A sigmoid
 head on a min-max scaled length decodes the decoder's *mean*, which blurs a multimodal size
-distribution (measured: 20x the floor's packet-length EMD, against 1.4x with bins). wire_len is
+distribution (measured: 20x the floor's packet-length EMD, against ~1.2x with bins). wire_len is
 not a feature: it is decoded as ``hdr_len + payload_len``, so the three always agree. The
 flow-context features of ``packet_spec`` (rates, windows, position) are left out: they describe
 the flow, which the flow level models.
@@ -30,8 +30,8 @@ to tell packet types apart (on posterior draws it kept as few as 1 to 4).
 Calibration (``calibrate=True``): per (kind, position), each categorical head gets log-weights
 fitted at training time (iterative proportional fitting over 20,000 latent draws of that group's
 mixture) so that the sampled share of each value matches the training data; the latent point
-still ties the fields together. Measured on the iot_sentinel split: flags JSD 13x -> 0.8x the
-floor, log-gap EMD 2.0x -> 1.2x. It changes ``sample`` (positions known), not ``sample_codes``.
+still ties the fields together. Measured on the iot_sentinel split: flags JSD 13x -> 1.0x the
+floor, log-gap EMD 2.0x -> 1.2x (seed 0). It changes ``sample`` (positions known), not ``sample_codes``.
 
 Decoding guarantees: integer lengths with ``wire_len == hdr_len + payload_len``; the kind asked
 for; flag combinations, header lengths and port buckets seen with that kind in training; a first
