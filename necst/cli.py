@@ -149,7 +149,8 @@ def train(
 
     params = {k: v for k, v in {"epochs": epochs, "latent_dim": latent_dim}.items() if v is not None}
     models = train_generator(dataset, out, level, model=model, force=force, seed=seed,
-                             packet_params=params, verbose=0 if quiet else 1,
+                             packet_params=params,
+                             verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
                              echo=lambda line: typer.echo(line, err=True))
     if models.packet is not None and level in ("packet", "all"):
         from necst.model.packet import training_fidelity
