@@ -179,6 +179,36 @@ def generate(
                f"({result.seconds:.1f} s, {result.packets_per_second:,.0f} packets/s)")
 
 
+@app.command()
+@clean_errors
+def train(
+    dataset: Path = typer.Argument(..., help="A dataset folder from `necst process` (or a capture)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model bundle folder to write."),
+    level: str = typer.Option("packet", "--level", help="packet, flow, aggregate or all."),
+    model: Optional[Path] = typer.Option(None, "--model", help="An existing bundle: its levels are kept, and the flow level reads its packet level."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs of the packet VAE (early stopping may end sooner)."),
+    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Latent size of the packet VAE."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random step."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Learn a generator from a dataset and save its model bundle."""
+    from necst.model.bundle import train_generator
+
+    params = {k: v for k, v in {"epochs": epochs, "latent_dim": latent_dim}.items() if v is not None}
+    models = train_generator(dataset, out, level, model=model, force=force, seed=seed,
+                             packet_params=params,
+                             verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
+                             echo=lambda line: typer.echo(line, err=True))
+    if models.packet is not None and level in ("packet", "all"):
+        from necst.model.packet import training_fidelity
+
+        typer.echo("fidelity of the packet level against its training data "
+                   "(model sample vs training packets; the independent-marginals sampler beside it):")
+        typer.echo(training_fidelity(models.packet, dataset, seed=seed))
+    typer.echo(f"model ({', '.join(lv for lv in ('packet', 'flow', 'aggregate') if getattr(models, lv) is not None)}) -> {out}")
+
+
 detect_app = typer.Typer(help="The autoencoder anomaly detector: train on normal traffic, score captures.",
                          no_args_is_help=True)
 app.add_typer(detect_app, name="detect")

@@ -1,0 +1,162 @@
+"""The generator bundle: one folder holding the packet, flow and aggregate levels.
+
+It is a ``necst.bundle`` of kind ``generator`` (hash-verified, no pickle). Its manifest config
+holds ``levels`` (those present), ``dataset_fingerprint`` and one entry per level with that
+level's config (the packet level's includes its fitted FeatureSpec). Each level class has
+``write_to(writer)`` and ``read_from(bundle)``; this module only assembles them, and runs
+``necst train`` over the levels asked for.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from necst._version import __version__
+from necst.bundle import BundleWriter, load
+from necst.errors import BundleError, NecstError
+
+KIND = "generator"
+SEAL = "generator.json"
+LEVELS = ("packet", "flow", "aggregate")
+# level -> (module, class); flow and aggregate come from their own modules when present
+LEVEL_CLASSES = {"packet": ("necst.model.packet", "PacketModel"),
+                 "flow": ("necst.model.flow", "FlowModel"),
+                 "aggregate": ("necst.model.aggregate", "AggregateModel")}
+
+
+@dataclass
+class GeneratorModels:
+    packet: Any = None
+    flow: Any = None
+    aggregate: Any = None
+
+
+def dataset_fingerprint(meta: dict) -> str:
+    """sha256 over the sha256 of each input capture, in the dataset's order."""
+    try:
+        digests = [str(e["sha256"]) for e in meta["inputs"]]
+    except (KeyError, TypeError):
+        raise NecstError("dataset meta has no inputs with sha256") from None
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def level_class(level: str):
+    """The model class of a level, or a clear error if this necst does not have it."""
+    if level not in LEVEL_CLASSES:
+        raise NecstError(f"unknown level {level!r}; choose from {', '.join(LEVELS)}")
+    module, name = LEVEL_CLASSES[level]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise NecstError(f"level {level} is not available in this version") from None
+        raise
+    if not hasattr(mod, name):
+        raise NecstError(f"level {level} is not available in this version")
+    return getattr(mod, name)
+
+
+def _seal(config: dict, necst_version: str) -> dict:
+    return json.loads(json.dumps({"config": config, "necst_version": necst_version}, sort_keys=True))
+
+
+def save_generator(out: str | Path, packet=None, flow=None, aggregate=None, *,
+                   dataset_fingerprint: str | None = None, force: bool = False) -> Path:
+    """Write the levels given into one generator bundle (temporary folder, renamed when done)."""
+    models = {"packet": packet, "flow": flow, "aggregate": aggregate}
+    if all(m is None for m in models.values()):
+        raise NecstError("no model level to save")
+    writer = BundleWriter(out, KIND, {"levels": [], "dataset_fingerprint": dataset_fingerprint},
+                          force=force)
+    try:
+        for level in LEVELS:
+            if models[level] is not None:
+                models[level].write_to(writer)
+                if level not in writer.config["levels"]:
+                    writer.config["levels"].append(level)
+        # The manifest itself is not hashed: a hashed copy of its config lets loading see any
+        # edit to it (a changed number in a level's config would otherwise pass unnoticed).
+        writer.add_json(SEAL, _seal(writer.config, __version__))
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def verify_seal(bundle) -> None:
+    """Refuse a generator bundle whose manifest differs from its hashed copy."""
+    try:
+        sealed = bundle.json(SEAL)
+    except ValueError:
+        raise BundleError(f"{SEAL} is unreadable", bundle.path) from None
+    if sealed != _seal(bundle.config, bundle.manifest.get("necst_version")):
+        raise BundleError(f"manifest.json does not match {SEAL} (edited or corrupt)", bundle.path)
+
+
+def load_generator(path: str | Path) -> GeneratorModels:
+    """Every level of a generator bundle, verified (hashes, schema, format)."""
+    bundle = load(path, kind=KIND)
+    verify_seal(bundle)
+    levels = bundle.config.get("levels")
+    if not isinstance(levels, list) or not levels:
+        raise BundleError("manifest lists no model levels", bundle.path)
+    out = GeneratorModels()
+    for level in levels:
+        if level not in LEVELS:
+            raise BundleError(f"unknown level {level!r} in manifest", bundle.path)
+        try:
+            cls = level_class(level)
+        except NecstError:
+            raise BundleError(f"bundle holds the {level} level, which this necst version cannot read",
+                              bundle.path) from None
+        setattr(out, level, cls.read_from(bundle))
+    return out
+
+
+def train_generator(dataset: str | Path, out: str | Path, level: str = "packet", *,
+                    model: str | Path | None = None, force: bool = False, seed: int = 0,
+                    packet_params: dict | None = None, verbose: int = 1,
+                    echo: Callable[[str], None] = print) -> GeneratorModels:
+    """``necst train``: fit the level(s) asked for and write one bundle holding every level.
+
+    ``level``: packet, flow, aggregate or all. Flow needs a packet level: from ``model`` (an
+    existing bundle) or trained here for ``all``. Levels not trained are carried over from
+    ``model``.
+    """
+    from necst.process.dataset import load_dataset
+
+    if level not in LEVELS + ("all",):
+        raise NecstError(f"unknown level {level!r}; choose from packet, flow, aggregate, all")
+    wanted = list(LEVELS) if level == "all" else [level]
+    classes = {lv: level_class(lv) for lv in wanted}  # fail early, before a long training
+    out = Path(out)
+    if out.exists() and not force:
+        raise NecstError("exists already (use --force to overwrite)", out)
+    models = load_generator(model) if model is not None else GeneratorModels()
+    if "packet" in wanted and "flow" not in wanted and models.flow is not None:
+        # the flow level speaks in the old packet level's codes: it cannot ride along
+        echo("note: the flow level of --model is dropped (it was learned on the old packet codes)")
+        models.flow = None
+    data = load_dataset(dataset)
+    fingerprint = dataset_fingerprint(data.meta)
+    for lv in wanted:
+        echo(f"training the {lv} level on {data.packets.num_rows} packets")
+        if lv == "packet":
+            m = classes[lv](seed=seed, verbose=verbose, **(packet_params or {})).fit(data)
+            echo(f"packet level: {m.epochs_run_} epochs, best validation loss {m.val_loss_:.4f}, "
+                 f"{len(m.mixtures_)} mixtures, {m.fit_seconds_:.1f} s")
+        elif lv == "flow":
+            if models.packet is None:
+                raise NecstError("the flow level needs a packet level: give --model with one, "
+                                 "or train --level all")
+            m = classes[lv](seed=seed).fit(data, models.packet)
+        else:
+            m = classes[lv](seed=seed).fit(data)
+        setattr(models, lv, m)
+    save_generator(out, packet=models.packet, flow=models.flow, aggregate=models.aggregate,
+                   dataset_fingerprint=fingerprint, force=force)
+    return models
