@@ -6,6 +6,7 @@ them, so `necst --help` and `necst process` start fast.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -86,49 +87,33 @@ def process(
 
 @app.command()
 @clean_errors
-def evaluate(
-    real: Path = typer.Argument(..., help="Real traffic: a capture or a dataset folder."),
-    synth: Optional[Path] = typer.Argument(None, help="Synthetic traffic: a capture or a dataset folder (leave out to score only the floor and --baseline)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Report folder to write."),
-    floor: Optional[Path] = typer.Option(None, "--floor", help="A second real sample: the real-vs-real floor."),
-    split: Optional[float] = typer.Option(None, "--split", help="Cut REAL by time: the first part is the reference, the rest the floor (e.g. 0.7)."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="Also score a trivial generator: 'marginals'."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the baseline and the discriminator."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing report folder."),
+def train(
+    dataset: Path = typer.Argument(..., help="A dataset folder from `necst process` (or a capture)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model bundle folder to write."),
+    level: str = typer.Option("packet", "--level", help="packet, flow, aggregate or all."),
+    model: Optional[Path] = typer.Option(None, "--model", help="An existing bundle: its levels are kept, and the flow level reads its packet level."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs of the packet VAE (early stopping may end sooner)."),
+    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Latent size of the packet VAE."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random step."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Fidelity report: every metric beside the real-vs-real floor (report.json, report.html, plots/)."""
-    import time
+    """Learn a generator from a dataset and save its model bundle."""
+    from necst.model.bundle import train_generator
 
-    from necst.evaluate import evaluate as run_evaluation, write_report
-    from necst.evaluate.report import load_sample
+    params = {k: v for k, v in {"epochs": epochs, "latent_dim": latent_dim}.items() if v is not None}
+    models = train_generator(dataset, out, level, model=model, force=force, seed=seed,
+                             packet_params=params,
+                             verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
+                             echo=lambda line: typer.echo(line, err=True))
+    if models.packet is not None and level in ("packet", "all"):
+        from necst.model.packet import training_fidelity
 
-    started = time.perf_counter()
+        typer.echo("fidelity of the packet level against its training data "
+                   "(model sample vs training packets; the independent-marginals sampler beside it):")
+        typer.echo(training_fidelity(models.packet, dataset, seed=seed))
+    typer.echo(f"model ({', '.join(lv for lv in ('packet', 'flow', 'aggregate') if getattr(models, lv) is not None)}) -> {out}")
 
-    if floor is not None and split is not None:
-        _fail("give --floor or --split, not both")
-    if out.exists() and not force:
-        _fail(f"{out}: exists already (use --force to overwrite)")
-    if synth is None and baseline is None:
-        _fail("give SYNTH, or --baseline marginals to score the trivial generator alone")
-    labels = {"real": str(real), "synth": str(synth) if synth is not None else "none"}
-    if floor is not None:
-        labels["floor"] = str(floor)
-    result = run_evaluation(
-        load_sample(real, name="REAL"),
-        None if synth is None else load_sample(synth, name="SYNTH"),
-        floor=None if floor is None else load_sample(floor, name="floor"),
-        split=split, baseline=baseline, seed=seed, labels=labels,
-    )
-    write_report(result, out, force=force)
-    summary = result.report.get("summary", {})
-    for key, s in summary.items():
-        typer.echo(f"{key}: median ratio to floor {s['median_ratio']:.2f}x, "
-                   f"{s['within_2x']}/{s['metrics_with_ratio']} metrics within 2x")
-    for key, d in result.report["discriminator"].items():
-        if d and d.get("auc") is not None:
-            typer.echo(f"discriminator ROC AUC, reference vs {key}: {d['auc']:.3f} "
-                       f"(0.5 = indistinguishable)")
-    typer.echo(f"report -> {out / 'report.html'} ({time.perf_counter() - started:.1f} s)")
 
 @app.command()
 @clean_errors
@@ -181,32 +166,49 @@ def generate(
 
 @app.command()
 @clean_errors
-def train(
-    dataset: Path = typer.Argument(..., help="A dataset folder from `necst process` (or a capture)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model bundle folder to write."),
-    level: str = typer.Option("packet", "--level", help="packet, flow, aggregate or all."),
-    model: Optional[Path] = typer.Option(None, "--model", help="An existing bundle: its levels are kept, and the flow level reads its packet level."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs of the packet VAE (early stopping may end sooner)."),
-    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Latent size of the packet VAE."),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random step."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle folder."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+def evaluate(
+    real: Path = typer.Argument(..., help="Real traffic: a capture or a dataset folder."),
+    synth: Optional[Path] = typer.Argument(None, help="Synthetic traffic: a capture or a dataset folder (leave out to score only the floor and --baseline)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder to write."),
+    floor: Optional[Path] = typer.Option(None, "--floor", help="A second real sample: the real-vs-real floor."),
+    split: Optional[float] = typer.Option(None, "--split", help="Cut REAL by time: the first part is the reference, the rest the floor (e.g. 0.7)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Also score a trivial generator: 'marginals'."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the baseline and the discriminator."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing report folder."),
 ) -> None:
-    """Learn a generator from a dataset and save its model bundle."""
-    from necst.model.bundle import train_generator
+    """Fidelity report: every metric beside the real-vs-real floor (report.json, report.html, plots/)."""
+    import time
 
-    params = {k: v for k, v in {"epochs": epochs, "latent_dim": latent_dim}.items() if v is not None}
-    models = train_generator(dataset, out, level, model=model, force=force, seed=seed,
-                             packet_params=params,
-                             verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
-                             echo=lambda line: typer.echo(line, err=True))
-    if models.packet is not None and level in ("packet", "all"):
-        from necst.model.packet import training_fidelity
+    from necst.evaluate import evaluate as run_evaluation, write_report
+    from necst.evaluate.report import load_sample
 
-        typer.echo("fidelity of the packet level against its training data "
-                   "(model sample vs training packets; the independent-marginals sampler beside it):")
-        typer.echo(training_fidelity(models.packet, dataset, seed=seed))
-    typer.echo(f"model ({', '.join(lv for lv in ('packet', 'flow', 'aggregate') if getattr(models, lv) is not None)}) -> {out}")
+    started = time.perf_counter()
+
+    if floor is not None and split is not None:
+        _fail("give --floor or --split, not both")
+    if out.exists() and not force:
+        _fail(f"{out}: exists already (use --force to overwrite)")
+    if synth is None and baseline is None:
+        _fail("give SYNTH, or --baseline marginals to score the trivial generator alone")
+    labels = {"real": str(real), "synth": str(synth) if synth is not None else "none"}
+    if floor is not None:
+        labels["floor"] = str(floor)
+    result = run_evaluation(
+        load_sample(real, name="REAL"),
+        None if synth is None else load_sample(synth, name="SYNTH"),
+        floor=None if floor is None else load_sample(floor, name="floor"),
+        split=split, baseline=baseline, seed=seed, labels=labels,
+    )
+    write_report(result, out, force=force)
+    summary = result.report.get("summary", {})
+    for key, s in summary.items():
+        typer.echo(f"{key}: median ratio to floor {s['median_ratio']:.2f}x, "
+                   f"{s['within_2x']}/{s['metrics_with_ratio']} metrics within 2x")
+    for key, d in result.report["discriminator"].items():
+        if d and d.get("auc") is not None:
+            typer.echo(f"discriminator ROC AUC, reference vs {key}: {d['auc']:.3f} "
+                       f"(0.5 = indistinguishable)")
+    typer.echo(f"report -> {out / 'report.html'} ({time.perf_counter() - started:.1f} s)")
 
 
 detect_app = typer.Typer(help="The autoencoder anomaly detector: train on normal traffic, score captures.",
