@@ -60,8 +60,11 @@ def trained():
 
 def test_learns_tcp_handshake_and_teardown(trained):
     pf, pm, fm = trained
-    req = pd.DataFrame({"kind": "tcp", "app": "http", "packets": np.full(200, 9)})
-    s = fm.sample(req, pm, seed=1)
+    # flows of 10 packets, and flows of a size class (a count drawn from the training flows)
+    req = pd.DataFrame({"kind": "tcp", "app": "http", "packets": np.full(100, 10)})
+    s = pd.concat([fm.sample(req, pm, seed=1),
+                   fm.sample(pd.DataFrame({"kind": "tcp", "app": "http", "size_class": np.full(100, 10)}),
+                             pm, seed=1).assign(flow=lambda d: d.flow + 100)])
     st = flow_structure(s[s.kind == "tcp"])
     assert st["flows"] == 200
     assert st["opens"] >= 0.9 and st["closes"] >= 0.85, st
@@ -76,7 +79,7 @@ def test_udp_and_noflow_lengths_and_fields(trained):
     s = fm.sample(req, pm, seed=2)
     assert set(s["flow"]) == set(range(150))
     per = s.groupby("flow").size()
-    assert per.max() <= 2  # the longest flow the size class held in training
+    assert per.max() <= 2  # size class 1 holds 2-packet flows
     assert s["tcp_flags"].isna().all() and (s["flag_combo"] == "na").all()
     assert set(s.loc[s.kind == "udp", "wire_len"]) <= {80, 160}
     assert {"wire_len", "hdr_len", "payload_len", "time_s", "code"} <= set(s.columns)

@@ -36,11 +36,12 @@ KINDS = ("tcp", "udp", "noflow")
 # size class i holds flows of SIZE_EDGES[i] <= packets < SIZE_EDGES[i + 1] (the last is open)
 SIZE_EDGES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384,
               512, 1024, 2048, 4096, 8192, 16384)
+SIZE_EDGES_ARR = np.asarray(SIZE_EDGES, dtype=np.int64)
 N_POS = 16 + 24  # positions 0..15 as themselves, then one bucket per power of two
 GAP_FLOOR_S = 1e-6  # gaps below this (timestamps in microseconds) are 0
 OTHER_APP = "other"
 INPUT_NAMES = ("prev_dir", "prev_flag", "prev_code", "prev_gap", "cur_dir", "cur_flag", "cur_code",
-               "cur_gap", "app", "size", "pos")
+               "cur_gap", "app", "size", "pos", "rem")
 
 
 def size_class(packets) -> np.ndarray:
@@ -64,25 +65,37 @@ class _Vocab:
     """What one kind's model speaks: flag combinations, apps, number of codes, length caps."""
 
     def __init__(self, flags: list[str], flag_other: str, apps: list[str], n_codes: int,
-                 class_cap: list[int], cond_app: np.ndarray, cond_size: np.ndarray, cond_count: np.ndarray):
+                 cond_app: np.ndarray, cond_packets: np.ndarray, cond_count: np.ndarray):
         self.flags, self.flag_other, self.apps = list(flags), flag_other, list(apps)
-        self.n_codes, self.class_cap = int(n_codes), [int(c) for c in class_cap]
+        self.n_codes = int(n_codes)
+        # the training flows' (app, packets) mix: requests without a packet count draw from it
         self.cond_app = np.asarray(cond_app, np.int32)
-        self.cond_size = np.asarray(cond_size, np.int32)
+        self.cond_packets = np.asarray(cond_packets, np.int64)
         self.cond_count = np.asarray(cond_count, np.int64)
 
     def to_json(self) -> dict:
-        return {"flags": self.flags, "flag_other": self.flag_other, "apps": self.apps,
-                "n_codes": self.n_codes, "class_cap": self.class_cap}
+        return {"flags": self.flags, "flag_other": self.flag_other, "apps": self.apps, "n_codes": self.n_codes}
 
     def arrays(self, kind: str) -> dict:
-        return {f"{kind}_cond_app": self.cond_app, f"{kind}_cond_size": self.cond_size,
+        return {f"{kind}_cond_app": self.cond_app, f"{kind}_cond_packets": self.cond_packets,
                 f"{kind}_cond_count": self.cond_count}
 
     @classmethod
     def from_saved(cls, d: dict, arrays: dict, kind: str) -> "_Vocab":
-        return cls(d["flags"], d["flag_other"], d["apps"], d["n_codes"], d["class_cap"],
-                   arrays[f"{kind}_cond_app"], arrays[f"{kind}_cond_size"], arrays[f"{kind}_cond_count"])
+        return cls(d["flags"], d["flag_other"], d["apps"], d["n_codes"], arrays[f"{kind}_cond_app"],
+                   arrays[f"{kind}_cond_packets"], arrays[f"{kind}_cond_count"])
+
+    def packets_for(self, classes: np.ndarray, rng) -> np.ndarray:
+        """A packet count for each size class, drawn from the training flows of that class."""
+        classes = np.asarray(classes, np.int64)
+        out = SIZE_EDGES_ARR[classes].copy()  # a class never seen in training: its lower edge
+        of = size_class(self.cond_packets)
+        for c in np.unique(classes):
+            sel, want = np.flatnonzero(of == c), np.flatnonzero(classes == c)
+            if len(sel):
+                w = self.cond_count[sel] / self.cond_count[sel].sum()
+                out[want] = self.cond_packets[sel][rng.choice(len(sel), size=len(want), p=w)]
+        return out
 
     def app_ids(self, apps) -> np.ndarray:
         ids = pd.Index(self.apps, dtype=object).get_indexer(pd.Index(np.asarray(apps).astype(str), dtype=object))
@@ -170,13 +183,12 @@ class FlowModel:
                 flags, flag_other = [NOT_TCP], NOT_TCP
             acounts = pd.Series(app_of_flow).value_counts()
             apps = sorted(a for a, c in acounts.items() if c >= self.min_app_count and a != OTHER_APP) + [OTHER_APP]
-            class_cap = np.zeros(len(SIZE_EDGES), np.int64)
-            np.maximum.at(class_cap, sclass, length)
-            vocab = _Vocab(flags, flag_other, apps, packet_model.n_codes(kind), class_cap, [], [], [])
-            app_id = vocab.app_ids(app_of_flow)
-            pair, cnt = np.unique(app_id.astype(np.int64) * len(SIZE_EDGES) + sclass, return_counts=True)
-            vocab.cond_app = (pair // len(SIZE_EDGES)).astype(np.int32)
-            vocab.cond_size = (pair % len(SIZE_EDGES)).astype(np.int32)
+            vocab = _Vocab(flags, flag_other, apps, packet_model.n_codes(kind), [], [], [])
+            app_id = vocab.app_ids(app_of_flow).astype(np.int64)
+            stride = int(length.max()) + 1
+            pair, cnt = np.unique(app_id * stride + length, return_counts=True)
+            vocab.cond_app = (pair // stride).astype(np.int32)
+            vocab.cond_packets = (pair % stride).astype(np.int64)
             vocab.cond_count = cnt.astype(np.int64)
 
         fidx = {f: i for i, f in enumerate(vocab.flags)}
@@ -190,6 +202,7 @@ class FlowModel:
         tok = {
             "dir": rows["direction"].to_numpy().astype(np.int32), "flag": flag, "code": code,
             "gap": gap, "last": last, "pos": pos, "seq_start": start, "seq_len": length,
+            "rem": length[seq_of] - 1 - pos,
             "app": vocab.app_ids(app_of_flow)[seq_of], "size": sclass[seq_of].astype(np.int32),
         }
         return tok, vocab
@@ -219,6 +232,7 @@ class FlowModel:
         b["last"] = tok["last"][idx].astype(np.float32)
         b["app"], b["size"] = tok["app"][idx], tok["size"][idx]
         b["pos"] = _pos_bucket(tok["pos"][idx])
+        b["rem"] = _pos_bucket(tok["rem"][idx])
         return b
 
     # -- fitting --------------------------------------------------------------------------
@@ -270,7 +284,8 @@ class FlowModel:
         e_gap = L.Embedding(G + 1, 8, name="e_gap")
         cond = [L.Embedding(len(vocab.apps), 4, name="e_app")(inp["app"]),
                 L.Embedding(len(SIZE_EDGES), 8, name="e_size")(inp["size"]),
-                L.Embedding(N_POS, 8, name="e_pos")(inp["pos"])]
+                L.Embedding(N_POS, 8, name="e_pos")(inp["pos"]),
+                L.Embedding(N_POS, 8, name="e_rem")(inp["rem"])]
         x = L.Concatenate(name="step_in")([e_dir(inp["prev_dir"]), e_flag(inp["prev_flag"]),
                                            e_code(inp["prev_code"]), e_gap(inp["prev_gap"])] + cond)
         h = L.LSTM(U, return_sequences=True, name="lstm")(x)
@@ -320,7 +335,7 @@ class FlowModel:
         spec = [{**{k: tf.TensorSpec([None, None], tf.int32) for k in INPUT_NAMES},
                  "mask": tf.TensorSpec([None, None], tf.float32), "last": tf.TensorSpec([None, None], tf.float32)}]
 
-        @tf.function(input_signature=spec)
+        @tf.function(input_signature=spec, autograph=False)
         def train_step(b):
             with tf.GradientTape() as tape:
                 loss = losses(b, True)
@@ -328,7 +343,7 @@ class FlowModel:
             opt.apply_gradients(zip(grads, model.trainable_variables))
             return loss
 
-        @tf.function(input_signature=spec)
+        @tf.function(input_signature=spec, autograph=False)
         def eval_step(b):
             return losses(b, False) * tf.reduce_sum(b["mask"])
 
@@ -385,7 +400,7 @@ class FlowModel:
             raise NecstError("flow model is not fitted: call fit(dataset, packet_model) or load a bundle")
 
     def sample_requests(self, n: int | dict, seed: int = 0) -> pd.DataFrame:
-        """Flow requests drawn from the training flows' (kind, app, size class) mix.
+        """Flow requests drawn from the training flows' (kind, app, packets) mix.
 
         ``n``: a total (split over kinds as in training) or ``{kind: count}``.
         """
@@ -403,8 +418,10 @@ class FlowModel:
             v = self.vocab_[kind]
             pick = rng.choice(len(v.cond_count), size=int(k), p=v.cond_count / v.cond_count.sum())
             parts.append(pd.DataFrame({"kind": kind, "app": np.array(v.apps, dtype=object)[v.cond_app[pick]],
-                                       "size_class": v.cond_size[pick]}))
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["kind", "app", "size_class"])
+                                       "packets": v.cond_packets[pick]}))
+        out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["kind", "app", "packets"])
+        out["size_class"] = size_class(out["packets"].to_numpy(np.int64))
+        return out
 
     def _step_fn(self, kind: str):
         """A compiled one-packet step for all active flows of a kind (built once per kind)."""
@@ -426,13 +443,13 @@ class FlowModel:
 
         U = self.units
         spec = [tf.TensorSpec([None, 4], tf.int32), tf.TensorSpec([None], tf.int32),
-                tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
                 tf.TensorSpec([None, U], tf.float32), tf.TensorSpec([None, U], tf.float32),
                 tf.TensorSpec([5, 2], tf.int64)]
 
-        @tf.function(input_signature=spec)
-        def step(prev, app, size, pos, h, c, seeds):
-            cond = [Lr["e_app"](app), Lr["e_size"](size), Lr["e_pos"](pos)]
+        @tf.function(input_signature=spec, autograph=False)
+        def step(prev, app, size, pos, rem, h, c, seeds):
+            cond = [Lr["e_app"](app), Lr["e_size"](size), Lr["e_pos"](pos), Lr["e_rem"](rem)]
             x = Lr["step_in"]([Lr["e_dir"](prev[:, 0]), Lr["e_flag"](prev[:, 1]),
                                Lr["e_code"](prev[:, 2]), Lr["e_gap"](prev[:, 3])] + cond)
             out, (h, c) = cell(x, [h, c], training=False)
@@ -454,9 +471,10 @@ class FlowModel:
     def sample(self, requests: pd.DataFrame, packet_model, seed: int = 0) -> pd.DataFrame:
         """One row per generated packet of each requested flow.
 
-        ``requests``: columns ``kind``, ``app``, and ``size_class`` or ``packets`` (whose size
-        class conditions the flow); optional ``max_packets`` caps a flow's length (the model
-        also stops at the longest training flow of the size class). Columns out: ``flow``
+        ``requests``: columns ``kind``, ``app``, and ``packets`` (the flow's packet count, which
+        conditions the model; it learned to place the teardown before the end) or ``size_class``
+        (a count is then drawn from the training flows of that class); optional ``max_packets``
+        cuts a flow short. A flow stops when the model says so or at its count. Columns out: ``flow``
         (row number in ``requests``), ``pos``, ``kind``, ``app``, ``direction``, ``flag_combo``,
         ``tcp_flags`` (nullable UInt16, null for non-TCP), ``code``, ``gap_s`` (0 for the first
         packet), ``time_s`` (since the flow's first packet), then the packet model's fields of
@@ -491,15 +509,18 @@ class FlowModel:
         if bad:
             raise NecstError(f"unknown flow kind(s) {bad}; expected one of {list(KINDS)}")
         req["app"] = requests["app"].astype(str).to_numpy() if "app" in requests.columns else OTHER_APP
-        if "size_class" in requests.columns:
+        if "packets" in requests.columns:
+            pk = requests["packets"].to_numpy(np.int64)
+            if len(pk) and pk.min() < 1:
+                raise NecstError("flow requests ask for fewer than 1 packet")
+            req["packets"], req["size_class"] = pk, size_class(pk)
+        elif "size_class" in requests.columns:
             sc = requests["size_class"].to_numpy(np.int64)
             if len(sc) and (sc.min() < 0 or sc.max() >= len(SIZE_EDGES)):
                 raise NecstError(f"size_class must lie in 0-{len(SIZE_EDGES) - 1}")
-        elif "packets" in requests.columns:
-            sc = size_class(requests["packets"].to_numpy(np.int64))
+            req["packets"], req["size_class"] = 0, sc  # 0: drawn per kind from the training flows
         else:
-            raise NecstError("flow requests need a 'size_class' or a 'packets' column")
-        req["size_class"] = sc
+            raise NecstError("flow requests need a 'packets' or a 'size_class' column")
         cap = np.full(len(req), np.iinfo(np.int64).max)
         if "max_packets" in requests.columns:
             cap = np.maximum(requests["max_packets"].fillna(np.iinfo(np.int64).max).to_numpy(np.int64), 1)
@@ -512,11 +533,11 @@ class FlowModel:
         n = len(req)
         app = v.app_ids(req["app"].to_numpy())
         size = req["size_class"].to_numpy().astype(np.int32)
-        caps = np.asarray(v.class_cap, np.int64)
-        # a size class unseen in training is capped by the nearest longer class that was seen
-        seen = np.flatnonzero(caps > 0)
-        nearest = seen[np.minimum(np.searchsorted(seen, np.arange(len(caps))), len(seen) - 1)]
-        cap = np.minimum(np.maximum(caps[nearest][size], SIZE_EDGES_ARR[size]), req["max_packets"].to_numpy())
+        target = req["packets"].to_numpy(np.int64).copy()
+        if (target == 0).any():
+            todo = target == 0
+            target[todo] = v.packets_for(size[todo], np.random.default_rng([seed, ki, 7]))
+        cap = np.minimum(target, req["max_packets"].to_numpy())
         U = self.units
         active = np.arange(n)
         prev = np.tile(np.array([2, len(v.flags), v.n_codes, self.n_gap_bins], np.int32), (n, 1))
@@ -529,8 +550,9 @@ class FlowModel:
                 h[:], c[:] = 0.0, 0.0
             seeds = tf.constant([[seed, ki * 1_000_003 + t * 8 + j] for j in range(5)], dtype=tf.int64)
             posb = np.full(len(active), _pos_bucket(np.array([t]))[0], np.int32)
+            remb = _pos_bucket(np.maximum(target[active] - 1 - t, 0))
             tok, end, h_t, c_t = step(tf.constant(prev), tf.constant(app[active]), tf.constant(size[active]),
-                                      tf.constant(posb), tf.constant(h), tf.constant(c), seeds)
+                                      tf.constant(posb), tf.constant(remb), tf.constant(h), tf.constant(c), seeds)
             tok = tok.numpy()
             got_flow.append(active)
             got_pos.append(np.full(len(active), t, np.int64))
@@ -629,8 +651,6 @@ class FlowModel:
             raise NecstError("bundle holds no flow level", path)
         return cls.read_from(bundle)
 
-
-SIZE_EDGES_ARR = np.asarray(SIZE_EDGES, dtype=np.int64)
 
 
 def flow_structure(packets: pd.DataFrame, flow_col: str = "flow", pos_col: str = "pos") -> dict:
