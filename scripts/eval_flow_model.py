@@ -17,7 +17,7 @@ holds (conditions drawn from the training flows' app / size-class mix), and prin
    builds the compiled step, and a second call).
 
 usage: PYTHONPATH=. python scripts/eval_flow_model.py [--train DIR] [--heldout DIR]
-       [--packet-model length|BUNDLE] [--epochs N] [--seed S] [--save DIR] [--time-data DIR]
+       [--packet-model length|train|BUNDLE] [--epochs N] [--seed S] [--save DIR] [--time-data DIR]
 Datasets are made from ../shared/tools/iot_split.py when the folders do not exist.
 """
 from __future__ import annotations
@@ -119,11 +119,14 @@ def load_packet_model(spec: str, train):
         from necst.model.length_codes import LengthCodes
 
         return LengthCodes().fit(train), "LengthCodes (quantile bins of wire_len, stand-in)"
-    from necst.model.packet import PacketModel  # the VAE + GMM packet model, once on main
+    from necst.model.packet import PacketModel  # the VAE + GMM packet model
 
+    if spec == "train":
+        pm = PacketModel().fit(train)
+        return pm, f"PacketModel trained here ({pm.fit_seconds_:.0f} s)"
     if Path(spec).exists():
         return PacketModel.load(spec), f"PacketModel from {spec}"
-    raise SystemExit(f"--packet-model: {spec} is neither 'length' nor a bundle folder")
+    raise SystemExit(f"--packet-model: {spec} is neither 'length', 'train' nor a bundle folder")
 
 
 def main() -> None:

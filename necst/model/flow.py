@@ -318,7 +318,11 @@ class FlowModel:
         n_val = int(round(n_flows * self.val_fraction)) if n_flows >= 20 else 0
         val_w = self._windows(tok, np.sort(perm[:n_val])) if n_val else None
         tr_s, tr_l = self._windows(tok, np.sort(perm[n_val:]))
-        opt = keras.optimizers.Adam(self.learning_rate, clipnorm=1.0)
+        bucket = np.ceil(np.log2(np.maximum(tr_l, 1))).astype(int)
+        per_epoch = int(sum(-(-np.sum(bucket == k) // self.batch_size) for k in np.unique(bucket)))
+        # cosine decay over the planned epochs: large steps early, fine ones at the end
+        lr = keras.optimizers.schedules.CosineDecay(self.learning_rate, max(per_epoch * self.epochs, 1), alpha=0.05)
+        opt = keras.optimizers.Adam(lr, clipnorm=1.0)
         feeds = INPUT_NAMES
 
         def losses(b, training):
@@ -602,8 +606,9 @@ class FlowModel:
     # -- persistence ----------------------------------------------------------------------
 
     def write_to(self, writer) -> None:
-        """Add the flow level to a bundle being written (``flow_*`` files)."""
+        """Add the flow level to a bundle being written (``flow_*`` files, config in the manifest)."""
         self._check_fitted()
+        writer.config["flow"] = self.get_config()
         arrays = {"gap_edges": self.gap_edges_}
         for kind, v in self.vocab_.items():
             arrays.update(v.arrays(kind))
@@ -635,18 +640,29 @@ class FlowModel:
 
     def save(self, out: str | Path, force: bool = False) -> Path:
         """A generator bundle holding the flow level alone."""
-        from necst.bundle import BundleWriter
+        try:
+            from necst.model.bundle import save_generator
+        except ImportError:  # before the generator bundle module exists: a plain bundle
+            from necst.bundle import BundleWriter
 
-        with BundleWriter(out, kind="generator", config={"levels": ["flow"], "flow": self.get_config()},
-                          force=force) as w:
-            self.write_to(w)
-        return Path(out)
+            with BundleWriter(out, kind="generator", config={"levels": ["flow"]}, force=force) as w:
+                self.write_to(w)
+            return Path(out)
+        return save_generator(out, flow=self, force=force)
 
     @classmethod
     def load(cls, path: str | Path) -> "FlowModel":
+        """The flow level of any generator bundle that holds one (hashes verified)."""
         from necst.bundle import load
 
         bundle = load(path, kind="generator")
+        try:
+            from necst.model.bundle import SEAL, verify_seal
+        except ImportError:
+            pass
+        else:
+            if SEAL in bundle.files:
+                verify_seal(bundle)
         if "flow_config.json" not in bundle.files:
             raise NecstError("bundle holds no flow level", path)
         return cls.read_from(bundle)

@@ -19,7 +19,7 @@ _FIELDS = ("wire_len", "hdr_len", "payload_len")
 class LengthCodes:
     """Codes = per-kind quantile bins of ``wire_len``; sampling returns a training packet's lengths."""
 
-    def __init__(self, n_bins: int = 16):
+    def __init__(self, n_bins: int = 32):
         self.n_bins = int(n_bins)
 
     def fit(self, data) -> "LengthCodes":
