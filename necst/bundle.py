@@ -10,7 +10,6 @@ crash never leaves a half-written bundle under the final name.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,20 +19,13 @@ from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 
+from necst._files import sha256_file
 from necst._version import SCHEMA_VERSION, __version__
 from necst.errors import BundleError, OutputExistsError
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1  # the layout of the manifest itself
 _ALLOWED_SUFFIXES = (".keras", ".npz", ".json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class BundleWriter:
@@ -87,7 +79,7 @@ class BundleWriter:
             p = self.tmp / name
             if not p.is_file():
                 raise BundleError(f"bundle file {name!r} was not written")
-            files[name] = _sha256(p)
+            files[name] = sha256_file(p)
         manifest = {
             "bundle_format": BUNDLE_FORMAT,
             "necst_version": __version__,
@@ -148,7 +140,7 @@ class Bundle:
         if extra:
             raise BundleError(f"unexpected file(s) not in the manifest: {', '.join(extra)}", self.path)
         for name, digest in files.items():
-            if _sha256(self.path / name) != digest:
+            if sha256_file(self.path / name) != digest:
                 raise BundleError(f"{name} does not match its sha256 in manifest.json (tampered or corrupt)",
                                   self.path)
         self.manifest = manifest

@@ -6,7 +6,6 @@ them, so `necst --help` and `necst process` start fast.
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -173,6 +172,8 @@ def detect_score(
     from necst.detect.api import score_capture
 
     rep = score_capture(capture, detector, out, force=force)
+    for w in rep.get("warnings", []):
+        typer.echo(f"warning: {w}", err=True)
     typer.echo(f"{rep['decision']}: {rep['anomalous_units']} of {rep['total_units']} {rep['mode']} units "
                f"over threshold {rep['threshold']:.6g} -> {out}")
 

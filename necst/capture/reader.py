@@ -7,6 +7,7 @@ arrays. Memory is bounded by the chunk size, whatever the capture's size.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 import zlib
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from necst._files import sha256_file
 from necst.capture.batch import RawBatch
 from necst.errors import CaptureError
 
@@ -36,6 +38,36 @@ _PCAPNG_SHB = 0x0A0D0D0A
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+class _HashingFile:
+    """A file whose bytes are hashed as they are read, so meta.json's sha256 costs no second read."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.hash = hashlib.sha256()
+        self.at_end = False
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        self.hash.update(b)
+        self.at_end |= n < 0 or len(b) < n
+        return b
+
+    def readinto(self, view) -> int:
+        k = self.f.readinto(view)
+        self.hash.update(view[:k])
+        self.at_end |= k < len(view)
+        return k
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def _open(path: Path) -> tuple[BinaryIO, bool]:
     if not path.exists():
         raise CaptureError("no such file", path)
@@ -49,7 +81,7 @@ def _open(path: Path) -> tuple[BinaryIO, bool]:
     f.seek(0)
     if head == _GZIP_MAGIC:
         return gzip.GzipFile(fileobj=f, mode="rb"), True
-    return f, False
+    return _HashingFile(f), False
 
 
 class CaptureReader:
@@ -69,6 +101,7 @@ class CaptureReader:
         self.format = "unknown"
         self.compressed = False
         self.leftover = 0  # bytes after the last complete record
+        self._hashing: _HashingFile | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -115,8 +148,16 @@ class CaptureReader:
             got += k
         return got, False
 
+    @property
+    def sha256(self) -> str:
+        """The file's sha256: from the bytes the reader went through when it read them all, else read anew."""
+        if self._hashing is not None and self._hashing.at_end:
+            return self._hashing.hash.hexdigest()
+        return sha256_file(self.path)
+
     def __iter__(self) -> Iterator[RawBatch]:
         f, self.compressed = _open(self.path)
+        self._hashing = f if isinstance(f, _HashingFile) else None
         with f:
             try:
                 head = f.read(4)

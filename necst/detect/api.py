@@ -46,7 +46,9 @@ def score_capture(capture: str | Path, detector: str | Path, out: str | Path, fo
         if p.exists() and not force:
             raise OutputExistsError("exists already (use --force to overwrite)", p)
     det = load(detector)
-    packets = read_packets(capture)
+    warnings: list = []
+    packets = read_packets(capture, warnings=warnings)
     rep, scored = score_table(packets, det, capture)
+    rep["warnings"] = warnings
     write_report(rep, scored, out, force=force)
     return rep

@@ -13,7 +13,7 @@ baseline gives identical scores.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import pandas as pd
@@ -297,6 +297,9 @@ class LOFDetector(_TrainMatrixBaseline):
         return ("n_neighbors", "max_train")
 
     def _fit_model(self, Xtr, Xval) -> None:
+        # Duplicate points give zero reachability distances and unbounded LOF scores (quiet
+        # networks repeat the same window many times): fit on the distinct rows.
+        Xtr = np.unique(np.round(Xtr, 9), axis=0)
         if len(Xtr) > self.max_train:  # LOF is quadratic-ish: a seeded subsample of normal units
             Xtr = Xtr[np.sort(np.random.default_rng(self.seed).choice(len(Xtr), self.max_train, replace=False))]
         super()._fit_model(Xtr, Xval)

@@ -1,7 +1,14 @@
-"""Packets for the detector: from a capture (via the process stage's reader), a dataset or a Parquet file."""
+"""Packets for the detector: from a capture file, a dataset folder or a packets Parquet file.
+
+A capture is read and decoded batch by batch without the flow meter: window and packet modes
+do not need flows, and flow mode groups packets itself when ``flow_id`` is empty (bidirectional
+5-tuple, idle timeout), so scoring a capture costs only reading and decoding it. A dataset
+folder's packets carry the flow meter's ``flow_id``, which flow mode then uses.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,8 +16,8 @@ import pyarrow.parquet as pq
 from necst.errors import DatasetError, NecstError
 
 
-def read_packets(path: str | Path) -> pa.Table:
-    """A PacketTable from a capture file, a dataset folder, or a packets Parquet file."""
+def read_packets(path: str | Path, warnings: List[str] | None = None) -> pa.Table:
+    """A PacketTable; the reader's warnings (a capture cut short, ...) are appended to ``warnings``."""
     path = Path(path)
     if not path.exists():
         raise NecstError("no such file or folder", path)
@@ -22,13 +29,12 @@ def read_packets(path: str | Path) -> pa.Table:
             return pq.read_table(target)
         except (pa.ArrowInvalid, OSError) as e:
             raise DatasetError(f"unreadable Parquet ({e})", target) from None
-    try:
-        from necst.process.dataset import read_packets as _read
-    except ImportError:  # the dataset module is not merged yet: the reader and decoder directly
-        from necst.capture.reader import read_batches
-        from necst.process.decode import decode
-        from necst.schema import PACKET_SCHEMA
+    from necst.capture.reader import CaptureReader
+    from necst.process.decode import decode
+    from necst.schema import PACKET_SCHEMA
 
-        batches = [decode(b) for b in read_batches(path)]
-        return pa.Table.from_batches(batches, schema=PACKET_SCHEMA) if batches else PACKET_SCHEMA.empty_table()
-    return _read(path)
+    reader = CaptureReader(path)
+    batches = [decode(b) for b in reader]
+    if warnings is not None:
+        warnings.extend(f"{path}: {w}" for w in reader.warnings)
+    return pa.Table.from_batches(batches, schema=PACKET_SCHEMA) if batches else PACKET_SCHEMA.empty_table()

@@ -12,6 +12,7 @@ is why capture files never go this way.
 """
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -143,11 +144,14 @@ def run_live(iface: str, duration: float, detector: str | Path, out: str | Path,
         raise NecstError("--duration and the batch length must be positive")
     det = load(detector)
     try:
-        from scapy.all import AsyncSniffer, get_if_list
+        from scapy.all import AsyncSniffer, conf, get_if_list
     except ImportError as e:  # pragma: no cover
         raise NecstError(f"live capture needs scapy ({e})")
-    if iface not in get_if_list():
-        raise NecstError(f"no such interface {iface!r} (have: {', '.join(get_if_list())})")
+    try:  # ask the kernel: Scapy's list is cached when Scapy is first imported
+        socket.if_nametoindex(iface)
+    except OSError:
+        raise NecstError(f"no such interface {iface!r} (have: {', '.join(get_if_list())})") from None
+    conf.ifaces.reload()
     buf: list = []
     lock = threading.Lock()
 

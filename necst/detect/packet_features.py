@@ -16,7 +16,7 @@ from typing import Dict, List
 import numpy as np
 import pandas as pd
 
-from necst.detect.features import Units, dictionary_values, as_table, flow_keys, packet_arrays
+from necst.detect.features import Units, dictionary_values, as_table, packet_arrays
 
 LAMBDAS = (5.0, 1.0, 0.1)
 

@@ -87,78 +87,71 @@ class _Window:
     def u32(self, k: int) -> np.ndarray:
         return (self.u16(k) << 16) | self.u16(k + 2)
 
+    def u16le(self, k: int) -> np.ndarray:
+        return self.a[:, k].astype(np.uint32) | (self.a[:, k + 1].astype(np.uint32) << 8)
+
     def u64(self, k: int) -> np.ndarray:
         return (self.u32(k).astype(np.uint64) << np.uint64(32)) | self.u32(k + 4).astype(np.uint64)
 
 
 def _link_layer(b: _Bytes, linktype: np.ndarray, n: int):
-    """-> l3 offset, ethertype (0 unknown), ethertype valid, eth_present, vlan id, vlan valid."""
+    """-> l3 offset, ethertype (0 unknown), ethertype valid, eth_present, eth offset, vlan id, vlan valid.
+
+    One gather of each packet's first bytes serves every link header; link types that no packet
+    of the batch has are skipped.
+    """
     l3 = np.full(n, -1, dtype=np.int64)
     etype = np.zeros(n, dtype=np.uint32)
     ev = np.zeros(n, dtype=bool)
     zero = np.zeros(n, dtype=np.int64)
+    head = b.window(zero, 20)
+    present = set(np.unique(linktype).tolist())
+
+    def found(mask, offset, ethertype):
+        nonlocal l3, etype, ev
+        etype = np.where(mask, ethertype, etype)
+        l3 = np.where(mask, offset, l3)
+        ev |= mask
 
     # Ethernet, bare or behind Apple's PKTAP header (its length and inner DLT lead the header)
-    eth_base = zero.copy()
-    pktap = (linktype == LT_PKTAP) & b.has(zero, 8)
-    if pktap.any():
-        plen = (b.u16le(zero) | (b.u16le(zero + 2) << 16)).astype(np.int64)
-        inner = b.u16le(zero + 4) | (b.u16le(zero + 6) << 16)
-        pktap &= inner == LT_ETHERNET
-        eth_base = np.where(pktap, plen, eth_base)
-    eth = (linktype == LT_ETHERNET) | pktap
+    eth_base = zero
+    eth = linktype == LT_ETHERNET
+    if LT_PKTAP in present:
+        pktap = (linktype == LT_PKTAP) & b.has(zero, 8)
+        plen = (head.u16le(0) | (head.u16le(2) << 16)).astype(np.int64)
+        pktap &= (head.u16le(4) | (head.u16le(6) << 16)) == LT_ETHERNET
+        eth_base = np.where(pktap, plen, zero)
+        eth |= pktap
     eth_ok = eth & b.has(eth_base, 14)
-    etype = np.where(eth_ok, b.u16(eth_base + 12), etype)
-    ev |= eth_ok
-    l3 = np.where(eth_ok, eth_base + 14, l3)
-
-    sll = (linktype == LT_SLL) & b.has(zero, 16)
-    etype = np.where(sll, b.u16(zero + 14), etype)
-    ev |= sll
-    l3 = np.where(sll, 16, l3)
-
-    sll2 = (linktype == LT_SLL2) & b.has(zero, 20)
-    etype = np.where(sll2, b.u16(zero), etype)
-    ev |= sll2
-    l3 = np.where(sll2, 20, l3)
-
-    chdlc = (linktype == LT_C_HDLC) & b.has(zero, 4)
-    etype = np.where(chdlc, b.u16(zero + 2), etype)
-    ev |= chdlc
-    l3 = np.where(chdlc, 4, l3)
-
-    ppp = np.isin(linktype, (LT_PPP, LT_PPP_HDLC)) & b.has(zero, 2)
-    if ppp.any():
-        hdlc = ppp & (b.u16(zero) == 0xFF03)
+    eth_type = head.u16(12) if LT_PKTAP not in present else b.u16(eth_base + 12)
+    found(eth_ok, eth_base + 14, eth_type)
+    if LT_SLL in present:
+        found((linktype == LT_SLL) & b.has(zero, 16), 16, head.u16(14))
+    if LT_SLL2 in present:
+        found((linktype == LT_SLL2) & b.has(zero, 20), 20, head.u16(0))
+    if LT_C_HDLC in present:
+        found((linktype == LT_C_HDLC) & b.has(zero, 4), 4, head.u16(2))
+    if present & {LT_PPP, LT_PPP_HDLC}:
+        ppp = np.isin(linktype, (LT_PPP, LT_PPP_HDLC)) & b.has(zero, 2)
+        hdlc = head.u16(0) == 0xFF03
         poff = np.where(hdlc, 2, 0)
+        proto = np.where(hdlc, head.u16(2), head.u16(0))
         okp = ppp & b.has(poff, 2)
-        proto = b.u16(poff)
         for p, et in _PPP_TO_ETHERTYPE.items():
-            m = okp & (proto == p)
-            etype = np.where(m, et, etype)
-            ev |= m
-            l3 = np.where(m, poff + 2, l3)
-
-    null = np.isin(linktype, (LT_NULL, LT_LOOP)) & b.has(zero, 4)
-    if null.any():
-        be = b.u32(zero)
-        le = b.u16le(zero) | (b.u16le(zero + 2) << 16)
+            found(okp & (proto == p), poff + 2, et)
+    if present & {LT_NULL, LT_LOOP}:
+        null = np.isin(linktype, (LT_NULL, LT_LOOP)) & b.has(zero, 4)
+        be = head.u32(0)
+        le = head.u16le(0) | (head.u16le(2) << 16)
         fam = np.where(linktype == LT_LOOP, be, np.where((be & 0xFFFF) == 0, le, be))
         fam = np.where((linktype == LT_NULL) & ((le & 0xFFFF0000) == 0) & (le != 0), le, fam)
-        v4 = null & (fam == 2)
-        v6 = null & np.isin(fam, _BSD_AF_INET6)
-        etype = np.where(v4, ETH_IPV4, np.where(v6, ETH_IPV6, etype))
-        ev |= v4 | v6
-        l3 = np.where(v4 | v6, 4, l3)
-
-    raw = np.isin(linktype, _RAW_ALIASES + (LT_IPV4, LT_IPV6)) & b.has(zero, 1)
-    if raw.any():
-        ver = b.u8(zero) >> 4
-        v4 = raw & (ver == 4) & (linktype != LT_IPV6)
-        v6 = raw & (ver == 6) & (linktype != LT_IPV4)
-        etype = np.where(v4, ETH_IPV4, np.where(v6, ETH_IPV6, etype))
-        ev |= v4 | v6
-        l3 = np.where(v4 | v6, 0, l3)
+        found(null & (fam == 2), 4, ETH_IPV4)
+        found(null & np.isin(fam, _BSD_AF_INET6), 4, ETH_IPV6)
+    if present & set(_RAW_ALIASES + (LT_IPV4, LT_IPV6)):
+        raw = np.isin(linktype, _RAW_ALIASES + (LT_IPV4, LT_IPV6)) & b.has(zero, 1)
+        ver = head.u8(0) >> 4
+        found(raw & (ver == 4) & (linktype != LT_IPV6), 0, ETH_IPV4)
+        found(raw & (ver == 6) & (linktype != LT_IPV4), 0, ETH_IPV6)
 
     # VLAN stacks (Ethernet only, as tshark reads them): the outermost tag's id is kept.
     vlan_id = np.zeros(n, dtype=np.uint32)
@@ -201,19 +194,26 @@ def _link_layer(b: _Bytes, linktype: np.ndarray, n: int):
     return l3, etype, ev, eth_ok, eth_base, vlan_id, vlan_ok
 
 
-def _format_macs(b: _Bytes, rel: np.ndarray, valid: np.ndarray) -> pa.Array:
-    w = _Window(b.block(rel, 6))
-    val = (w.u16(0).astype(np.uint64) << np.uint64(32)) | w.u32(2).astype(np.uint64)
-    return _dictionary(val, valid, lambda v: ":".join(f"{(int(v) >> s) & 0xFF:02x}" for s in range(40, -8, -8)))
+def _format_macs(b: _Bytes, base: np.ndarray, valid: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    """(source, destination) MAC columns of Ethernet headers starting at base."""
+    w = _Window(b.block(base, 12))
+
+    def mac(k):
+        val = (w.u16(k).astype(np.uint64) << np.uint64(32)) | w.u32(k + 2).astype(np.uint64)
+        return _dictionary(val, valid, lambda v: ":".join(f"{(int(v) >> s) & 0xFF:02x}" for s in range(40, -8, -8)))
+
+    return mac(6), mac(0)
 
 
 def _dictionary(keys: np.ndarray, valid: np.ndarray, fmt) -> pa.Array:
-    """Format only the distinct keys, then index them."""
+    """Format only the distinct keys (hash-factorized, in order of first appearance), then index them."""
+    import pandas as pd  # hash factorization beats sorting; the flow stage imports pandas anyway
+
     n = len(keys)
     indices = np.zeros(n, dtype=np.int32)
     words: list[str] = []
     if valid.any():
-        uniq, codes = np.unique(keys[valid], return_inverse=True)
+        codes, uniq = pd.factorize(keys[valid])
         indices[valid] = codes
         words = [fmt(v) for v in uniq]
     return pa.DictionaryArray.from_arrays(pa.array(indices, mask=~valid), pa.array(words, type=pa.string()))
@@ -344,6 +344,8 @@ def decode(batch: RawBatch) -> pa.RecordBatch:
     )
     app = app_dictionary(app_codes)
 
+    eth_src, eth_dst = _format_macs(b, eth_base, eth_ok)
+
     def col(values, valid, typ):
         return pa.array(np.asarray(values).astype(typ.to_pandas_dtype()), type=typ, mask=~valid)
 
@@ -353,8 +355,8 @@ def decode(batch: RawBatch) -> pa.RecordBatch:
         "cap_len": pa.array(batch.cap_len, type=pa.uint32()),
         "linktype": pa.array(linktype, type=pa.uint16()),
         "file_index": pa.array(np.full(n, batch.file_index, dtype=np.uint16)),
-        "eth_src": _format_macs(b, eth_base + 6, eth_ok),
-        "eth_dst": _format_macs(b, eth_base, eth_ok),
+        "eth_src": eth_src,
+        "eth_dst": eth_dst,
         "vlan_id": col(vlan_id, vlan_ok, pa.uint16()),
         "ethertype": col(etype, ev, pa.uint16()),
         "ip_version": col(ip_version, ip, pa.uint8()),
