@@ -514,6 +514,8 @@ class FlowModel:
             raise NecstError(f"unknown flow kind(s) {bad}; expected one of {list(KINDS)}")
         req["app"] = requests["app"].astype(str).to_numpy() if "app" in requests.columns else OTHER_APP
         if "packets" in requests.columns:
+            if requests["packets"].isna().any():
+                raise NecstError("flow requests have missing packet counts")
             pk = requests["packets"].to_numpy(np.int64)
             if len(pk) and pk.min() < 1:
                 raise NecstError("flow requests ask for fewer than 1 packet")
@@ -527,7 +529,8 @@ class FlowModel:
             raise NecstError("flow requests need a 'packets' or a 'size_class' column")
         cap = np.full(len(req), np.iinfo(np.int64).max)
         if "max_packets" in requests.columns:
-            cap = np.maximum(requests["max_packets"].fillna(np.iinfo(np.int64).max).to_numpy(np.int64), 1)
+            m = pd.to_numeric(requests["max_packets"], errors="coerce").to_numpy(np.float64)
+            cap = np.where(np.isnan(m), cap, np.maximum(np.nan_to_num(m, nan=1.0), 1).astype(np.int64))
         req["max_packets"] = cap
         return req
 
