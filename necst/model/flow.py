@@ -111,7 +111,7 @@ class FlowModel:
     Learned state: ``vocab_`` and ``models_`` per kind, ``gap_edges_``, ``history_``.
     """
 
-    def __init__(self, units: int = 96, window: int = 64, epochs: int = 40, batch_size: int = 128,
+    def __init__(self, units: int = 96, window: int = 64, epochs: int = 70, batch_size: int = 128,
                  learning_rate: float = 3e-3, n_gap_bins: int = 128, min_flag_count: int = 3,
                  max_flags: int = 32, min_app_count: int = 5, val_fraction: float = 0.1,
                  patience: int = 4, seed: int = 0, verbose: bool = False):
