@@ -1,0 +1,717 @@
+"""Flow level: one autoregressive LSTM per kind of flow (tcp, udp, noflow).
+
+A flow is a sequence of packets; each step predicts the next packet from the previous one
+(teacher forcing) and the flow's condition (application, size class = bucket of its packet
+count, position in the flow). A step is factored so that its parts agree with each other:
+
+    direction | h  ->  flags | h, direction  ->  packet code | h, direction, flags
+    ->  time-gap bin | h, direction, flags, code  ->  last packet? | all of them
+
+The packet code is the packet model's discrete description (``packet_model.encode``); the
+gap is a categorical over log-spaced bins, sampled log-uniformly within its bin, so the
+spread of gaps is kept rather than collapsed to a mean.
+
+Training sequences never cross flows. Long flows are cut into windows of ``window`` packets;
+each window starts from a zero LSTM state, with the previous packet's tokens as its first
+input and the position in the flow as an input. Sampling does exactly the same (it resets
+the state at every multiple of ``window``), so what the model sees when sampling is what it
+was trained on. Sampling advances all active flows of a kind at once, one batched step per
+packet index; nothing in it forces flags: the handshake and teardown are learned.
+
+TensorFlow is imported only inside the functions that train or run a model.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from necst.errors import NecstError
+from necst.process.features import NOT_TCP, flag_bits, packet_features
+
+KINDS = ("tcp", "udp", "noflow")
+# size class i holds flows of SIZE_EDGES[i] <= packets < SIZE_EDGES[i + 1] (the last is open)
+SIZE_EDGES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384,
+              512, 1024, 2048, 4096, 8192, 16384)
+SIZE_EDGES_ARR = np.asarray(SIZE_EDGES, dtype=np.int64)
+N_POS = 16 + 24  # positions 0..15 as themselves, then one bucket per power of two
+GAP_FLOOR_S = 1e-6  # gaps below this (timestamps in microseconds) are 0
+OTHER_APP = "other"
+INPUT_NAMES = ("prev_dir", "prev_flag", "prev_code", "prev_gap", "cur_dir", "cur_flag", "cur_code",
+               "cur_gap", "app", "size", "pos", "rem")
+
+
+def size_class(packets) -> np.ndarray:
+    """The size class of flows with these packet counts (see ``SIZE_EDGES``)."""
+    p = np.maximum(np.asarray(packets, dtype=np.int64), 1)
+    return np.searchsorted(np.asarray(SIZE_EDGES), p, side="right") - 1
+
+
+def _pos_bucket(pos: np.ndarray) -> np.ndarray:
+    pos = np.asarray(pos, dtype=np.int64)
+    big = 16 + np.floor(np.log2(np.maximum(pos, 16))).astype(np.int64) - 4
+    return np.where(pos < 16, pos, np.minimum(big, N_POS - 1)).astype(np.int32)
+
+
+def _gap_bins(gap_s: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin 0: below GAP_FLOOR_S; bin k: edges[k-1] <= gap < edges[k]."""
+    return np.minimum(np.searchsorted(edges, gap_s, side="right"), len(edges) - 1).astype(np.int32)
+
+
+class _Vocab:
+    """What one kind's model speaks: flag combinations, apps, number of codes, length caps."""
+
+    def __init__(self, flags: list[str], flag_other: str, apps: list[str], n_codes: int,
+                 cond_app: np.ndarray, cond_packets: np.ndarray, cond_count: np.ndarray):
+        self.flags, self.flag_other, self.apps = list(flags), flag_other, list(apps)
+        self.n_codes = int(n_codes)
+        # the training flows' (app, packets) mix: requests without a packet count draw from it
+        self.cond_app = np.asarray(cond_app, np.int32)
+        self.cond_packets = np.asarray(cond_packets, np.int64)
+        self.cond_count = np.asarray(cond_count, np.int64)
+
+    def to_json(self) -> dict:
+        return {"flags": self.flags, "flag_other": self.flag_other, "apps": self.apps, "n_codes": self.n_codes}
+
+    def arrays(self, kind: str) -> dict:
+        return {f"{kind}_cond_app": self.cond_app, f"{kind}_cond_packets": self.cond_packets,
+                f"{kind}_cond_count": self.cond_count}
+
+    @classmethod
+    def from_saved(cls, d: dict, arrays: dict, kind: str) -> "_Vocab":
+        return cls(d["flags"], d["flag_other"], d["apps"], d["n_codes"], arrays[f"{kind}_cond_app"],
+                   arrays[f"{kind}_cond_packets"], arrays[f"{kind}_cond_count"])
+
+    def packets_for(self, classes: np.ndarray, rng) -> np.ndarray:
+        """A packet count for each size class, drawn from the training flows of that class."""
+        classes = np.asarray(classes, np.int64)
+        out = SIZE_EDGES_ARR[classes].copy()  # a class never seen in training: its lower edge
+        of = size_class(self.cond_packets)
+        for c in np.unique(classes):
+            sel, want = np.flatnonzero(of == c), np.flatnonzero(classes == c)
+            if len(sel):
+                w = self.cond_count[sel] / self.cond_count[sel].sum()
+                out[want] = self.cond_packets[sel][rng.choice(len(sel), size=len(want), p=w)]
+        return out
+
+    def app_ids(self, apps) -> np.ndarray:
+        ids = pd.Index(self.apps, dtype=object).get_indexer(pd.Index(np.asarray(apps).astype(str), dtype=object))
+        ids[ids < 0] = self.apps.index(OTHER_APP)
+        return ids.astype(np.int32)
+
+
+class FlowModel:
+    """Autoregressive LSTMs over the packets of tcp, udp and noflow flows.
+
+    ``fit(dataset, packet_model)`` with any packet model that has ``n_codes(kind)``,
+    ``encode(packet_features, kind)`` and ``sample_codes(codes, kind, seed)``;
+    ``sample(requests, packet_model, seed)`` returns one row per generated packet.
+    Learned state: ``vocab_`` and ``models_`` per kind, ``gap_edges_``, ``history_``.
+    """
+
+    def __init__(self, units: int = 96, window: int = 64, epochs: int = 70, batch_size: int = 128,
+                 learning_rate: float = 3e-3, n_gap_bins: int = 128, min_flag_count: int = 3,
+                 max_flags: int = 32, min_app_count: int = 5, val_fraction: float = 0.1,
+                 patience: int = 4, seed: int = 0, verbose: bool = False):
+        self.units, self.window, self.epochs, self.batch_size = units, window, epochs, batch_size
+        self.learning_rate, self.n_gap_bins = learning_rate, n_gap_bins
+        self.min_flag_count, self.max_flags, self.min_app_count = min_flag_count, max_flags, min_app_count
+        self.val_fraction, self.patience, self.seed, self.verbose = val_fraction, patience, seed, verbose
+
+    def get_config(self) -> dict:
+        return {k: getattr(self, k) for k in (
+            "units", "window", "epochs", "batch_size", "learning_rate", "n_gap_bins", "min_flag_count",
+            "max_flags", "min_app_count", "val_fraction", "patience", "seed")}
+
+    # -- data -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _features(dataset) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        from necst.process.dataset import Dataset, load_dataset
+
+        if isinstance(dataset, (str, Path)):
+            dataset = load_dataset(dataset)
+        if isinstance(dataset, Dataset):
+            flows = dataset.flows.select(["flow_id", "app"]).to_pandas() if dataset.flows.num_rows else None
+            return packet_features(dataset.packets), flows
+        if isinstance(dataset, pd.DataFrame) and "gap_s" in dataset.columns:
+            return dataset, None  # packet features already
+        return packet_features(dataset), None
+
+    def _gap_edges(self, gaps: np.ndarray) -> np.ndarray:
+        hi = max(float(gaps.max()) if len(gaps) else 1.0, 1.0) * 1.001
+        inner = np.logspace(np.log10(GAP_FLOOR_S), np.log10(hi), self.n_gap_bins - 1)
+        return inner  # bin k (k >= 1) is [inner[k-1], inner[k]); bin 0 is [0, inner[0])
+
+    def _tokens(self, rows: pd.DataFrame, flow_app: pd.Series | None, kind: str, packet_model,
+                vocab: _Vocab | None) -> tuple[dict, _Vocab]:
+        """Per-packet tokens of one kind, sorted by (flow, position)."""
+        order = np.lexsort((rows["flow_pos"].to_numpy(), rows["ts_ns"].to_numpy(), rows["flow_id"].to_numpy()))
+        rows = rows.iloc[order]
+        flow = rows["flow_id"].to_numpy(np.int64)
+        n = len(rows)
+        new = np.ones(n, dtype=bool)
+        new[1:] = flow[1:] != flow[:-1]
+        start = np.flatnonzero(new)
+        length = np.diff(np.append(start, n))
+        seq_of = np.cumsum(new) - 1
+        pos = np.arange(n) - start[seq_of]  # recount: robust to flows cut by the input
+        last = np.zeros(n, dtype=np.int32)
+        last[start + length - 1] = 1
+
+        if flow_app is not None:
+            app_of_flow = flow_app.reindex(flow[start]).to_numpy(dtype=object)
+            missing = pd.isna(app_of_flow)
+            app_of_flow[missing] = rows["app"].to_numpy(dtype=object)[start][missing]
+        else:
+            app_of_flow = rows["app"].astype(str).to_numpy(dtype=object)[start]
+        app_of_flow = np.array([str(a) for a in app_of_flow], dtype=object)
+        sclass = size_class(length)
+        flags_s = rows["flag_combo"].astype(str).to_numpy(dtype=object)
+
+        if vocab is None:
+            if kind == "tcp":
+                counts = pd.Series(flags_s).value_counts()
+                keep = [f for f, c in counts.items() if c >= self.min_flag_count and f != NOT_TCP][: self.max_flags]
+                if not keep:
+                    raise NecstError("no TCP flag combination seen often enough to learn from")
+                flags, flag_other = keep, keep[0]  # rarer combinations are learned as the commonest
+            else:
+                flags, flag_other = [NOT_TCP], NOT_TCP
+            acounts = pd.Series(app_of_flow).value_counts()
+            apps = sorted(a for a, c in acounts.items() if c >= self.min_app_count and a != OTHER_APP) + [OTHER_APP]
+            vocab = _Vocab(flags, flag_other, apps, packet_model.n_codes(kind), [], [], [])
+            app_id = vocab.app_ids(app_of_flow).astype(np.int64)
+            stride = int(length.max()) + 1
+            pair, cnt = np.unique(app_id * stride + length, return_counts=True)
+            vocab.cond_app = (pair // stride).astype(np.int32)
+            vocab.cond_packets = (pair % stride).astype(np.int64)
+            vocab.cond_count = cnt.astype(np.int64)
+
+        fidx = {f: i for i, f in enumerate(vocab.flags)}
+        flag = pd.Index(vocab.flags, dtype=object).get_indexer(flags_s).astype(np.int32)
+        flag[flag < 0] = fidx[vocab.flag_other]
+        code = np.asarray(packet_model.encode(rows, kind), dtype=np.int32)
+        if len(code) != n or (n and (code.min() < 0 or code.max() >= vocab.n_codes)):
+            raise NecstError(f"packet model's encode gave codes outside 0-{vocab.n_codes - 1} for {kind}")
+        gap = _gap_bins(rows["gap_s"].to_numpy(np.float64), self.gap_edges_)
+        gap[pos == 0] = 0
+        tok = {
+            "dir": rows["direction"].to_numpy().astype(np.int32), "flag": flag, "code": code,
+            "gap": gap, "last": last, "pos": pos, "seq_start": start, "seq_len": length,
+            "rem": length[seq_of] - 1 - pos,
+            "app": vocab.app_ids(app_of_flow)[seq_of], "size": sclass[seq_of].astype(np.int32),
+        }
+        return tok, vocab
+
+    def _windows(self, tok: dict, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start row, length) of every training window of the given flows."""
+        s, L = tok["seq_start"][seqs], tok["seq_len"][seqs]
+        nwin = -(-L // self.window)
+        w_flow = np.repeat(np.arange(len(s)), nwin)
+        k = np.arange(nwin.sum()) - np.repeat(np.cumsum(nwin) - nwin, nwin)
+        starts = s[w_flow] + k * self.window
+        lens = np.minimum(L[w_flow] - k * self.window, self.window)
+        return starts, lens
+
+    def _batch(self, tok: dict, vocab: _Vocab, starts: np.ndarray, lens: np.ndarray) -> dict:
+        T = int(lens.max())
+        idx = starts[:, None] + np.arange(T)[None, :]
+        mask = np.arange(T)[None, :] < lens[:, None]
+        idx = np.where(mask, idx, starts[:, None])
+        bos = {"dir": 2, "flag": len(vocab.flags), "code": vocab.n_codes, "gap": self.n_gap_bins}
+        first = tok["pos"][idx] == 0
+        prev = np.maximum(idx - 1, 0)
+        b = {"mask": mask.astype(np.float32)}
+        for name in ("dir", "flag", "code", "gap"):
+            b[f"cur_{name}"] = tok[name][idx]
+            b[f"prev_{name}"] = np.where(first, bos[name], tok[name][prev]).astype(np.int32)
+        b["last"] = tok["last"][idx].astype(np.float32)
+        b["app"], b["size"] = tok["app"][idx], tok["size"][idx]
+        b["pos"] = _pos_bucket(tok["pos"][idx])
+        b["rem"] = _pos_bucket(tok["rem"][idx])
+        return b
+
+    # -- fitting --------------------------------------------------------------------------
+
+    def fit(self, dataset, packet_model) -> "FlowModel":
+        """Learn one LSTM per kind present in ``dataset`` (a Dataset, a folder, or a PacketTable)."""
+        import keras
+        import tensorflow as tf
+
+        t0 = time.perf_counter()
+        pf, flows = self._features(dataset)
+        if len(pf) == 0:
+            raise NecstError("cannot fit a flow model on a dataset without packets")
+        flow_app = None if flows is None else pd.Series(flows["app"].astype(object).to_numpy(),
+                                                        index=flows["flow_id"].to_numpy())
+        later = pf["flow_pos"].to_numpy() > 0
+        self.gap_edges_ = self._gap_edges(pf["gap_s"].to_numpy(np.float64)[later])
+        keras.utils.set_random_seed(self.seed)
+        tf.config.experimental.enable_op_determinism()
+        self.vocab_, self.models_, self.history_ = {}, {}, {}
+        kinds = np.asarray(pf["kind"].astype(str))
+        for ki, kind in enumerate(KINDS):
+            rows = pf[kinds == kind]
+            if len(rows) == 0:
+                continue
+            tok, vocab = self._tokens(rows, flow_app, kind, packet_model, None)
+            self.vocab_[kind] = vocab
+            keras.utils.set_random_seed(self.seed + ki)
+            model = self._build(vocab)
+            self.history_[kind] = self._train(model, tok, vocab, self.seed + ki)
+            self.models_[kind] = model
+            if self.verbose:
+                h = self.history_[kind]
+                print(f"flow model {kind}: {len(rows)} packets, {len(tok['seq_start'])} flows, "
+                      f"{len(h['loss'])} epochs, loss {h['loss'][-1]:.3f}, val {h['val_loss'][-1]:.3f}, "
+                      f"{h['seconds']:.0f} s", flush=True)
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _build(self, vocab: _Vocab):
+        import keras
+
+        L = keras.layers
+        F, C, G, U = len(vocab.flags), vocab.n_codes, self.n_gap_bins, self.units
+        inp = {n: keras.Input((None,), dtype="int32", name=n) for n in INPUT_NAMES}
+        e_dir = L.Embedding(3, 4, name="e_dir")
+        e_flag = L.Embedding(F + 1, 8, name="e_flag")
+        e_code = L.Embedding(C + 1, 16, name="e_code")
+        e_gap = L.Embedding(G + 1, 8, name="e_gap")
+        cond = [L.Embedding(len(vocab.apps), 4, name="e_app")(inp["app"]),
+                L.Embedding(len(SIZE_EDGES), 8, name="e_size")(inp["size"]),
+                L.Embedding(N_POS, 8, name="e_pos")(inp["pos"]),
+                L.Embedding(N_POS, 8, name="e_rem")(inp["rem"])]
+        x = L.Concatenate(name="step_in")([e_dir(inp["prev_dir"]), e_flag(inp["prev_flag"]),
+                                           e_code(inp["prev_code"]), e_gap(inp["prev_gap"])] + cond)
+        h = L.LSTM(U, return_sequences=True, name="lstm")(x)
+        hc = L.Concatenate(name="h_cond")([h] + cond)
+        cd, cf = e_dir(inp["cur_dir"]), e_flag(inp["cur_flag"])
+        cc, cg = e_code(inp["cur_code"]), e_gap(inp["cur_gap"])
+
+        def head(name, parts, n):
+            z = L.Concatenate(name=f"{name}_in")(parts) if len(parts) > 1 else parts[0]
+            z = L.Dense(64, activation="relu", name=f"{name}_hidden")(z)
+            return L.Dense(n, name=name)(z)
+
+        out = {
+            "dir": head("dir", [hc], 2),
+            "flag": head("flag", [hc, cd], F),
+            "code": head("code", [hc, cd, cf], C),
+            "gap": head("gap", [hc, cd, cf, cc], G),
+            "last": head("last", [hc, cd, cf, cc, cg], 1),
+        }
+        return keras.Model(inp, out, name="necst_flow_lstm")
+
+    def _train(self, model, tok: dict, vocab: _Vocab, seed: int) -> dict:
+        import keras
+        import tensorflow as tf
+
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        n_flows = len(tok["seq_start"])
+        perm = rng.permutation(n_flows)
+        n_val = int(round(n_flows * self.val_fraction)) if n_flows >= 20 else 0
+        val_w = self._windows(tok, np.sort(perm[:n_val])) if n_val else None
+        tr_s, tr_l = self._windows(tok, np.sort(perm[n_val:]))
+        bucket = np.ceil(np.log2(np.maximum(tr_l, 1))).astype(int)
+        per_epoch = int(sum(-(-np.sum(bucket == k) // self.batch_size) for k in np.unique(bucket)))
+        # cosine decay over the planned epochs: large steps early, fine ones at the end
+        lr = keras.optimizers.schedules.CosineDecay(self.learning_rate, max(per_epoch * self.epochs, 1), alpha=0.05)
+        opt = keras.optimizers.Adam(lr, clipnorm=1.0)
+        feeds = INPUT_NAMES
+
+        def losses(b, training):
+            out = model({k: b[k] for k in feeds}, training=training)
+            m = b["mask"]
+            total = 0.0
+            for name in ("dir", "flag", "code", "gap"):
+                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(b[f"cur_{name}"], out[name])
+                total += tf.reduce_sum(ce * m)
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(b["last"], out["last"][..., 0])
+            total += tf.reduce_sum(bce * m)
+            return total / tf.maximum(tf.reduce_sum(m), 1.0)
+
+        spec = [{**{k: tf.TensorSpec([None, None], tf.int32) for k in INPUT_NAMES},
+                 "mask": tf.TensorSpec([None, None], tf.float32), "last": tf.TensorSpec([None, None], tf.float32)}]
+
+        @tf.function(input_signature=spec, autograph=False)
+        def train_step(b):
+            with tf.GradientTape() as tape:
+                loss = losses(b, True)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        @tf.function(input_signature=spec, autograph=False)
+        def eval_step(b):
+            return losses(b, False) * tf.reduce_sum(b["mask"])
+
+        def batches(starts, lens, shuffle):
+            # windows of similar length batch together, so padding stays small
+            bucket = np.ceil(np.log2(np.maximum(lens, 1))).astype(int)
+            out = []
+            for k in np.unique(bucket):
+                sel = np.flatnonzero(bucket == k)
+                if shuffle:
+                    sel = rng.permutation(sel)
+                out += [sel[i:i + self.batch_size] for i in range(0, len(sel), self.batch_size)]
+            order = rng.permutation(len(out)) if shuffle else range(len(out))
+            for j in order:
+                b = self._batch(tok, vocab, starts[out[j]], lens[out[j]])
+                yield {k: tf.constant(v) for k, v in b.items()}
+
+        hist = {"loss": [], "val_loss": [], "epoch_seconds": []}
+        best, best_w, wait = np.inf, None, 0
+        for _ in range(self.epochs):
+            tot, cnt = 0.0, 0
+            for b in batches(tr_s, tr_l, True):
+                n = float(b["mask"].numpy().sum())
+                tot += float(train_step(b)) * n
+                cnt += n
+            hist["loss"].append(tot / max(cnt, 1))
+            if val_w is not None:
+                vt, vc = 0.0, 0.0
+                for b in batches(*val_w, False):
+                    vt += float(eval_step(b))
+                    vc += float(b["mask"].numpy().sum())
+                v = vt / max(vc, 1)
+            else:
+                v = hist["loss"][-1]
+            hist["val_loss"].append(v)
+            hist["epoch_seconds"].append(time.perf_counter() - t0 - sum(hist["epoch_seconds"]))
+            if v < best - 1e-4:
+                best, best_w, wait = v, [w.numpy().copy() for w in model.weights], 0
+            else:
+                wait += 1
+                if wait >= self.patience:
+                    break
+        if best_w is not None:
+            for w, value in zip(model.weights, best_w):
+                w.assign(value)
+        hist["seconds"] = time.perf_counter() - t0
+        hist["windows"] = int(len(tr_s))
+        return hist
+
+    # -- sampling -------------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "models_"):
+            raise NecstError("flow model is not fitted: call fit(dataset, packet_model) or load a bundle")
+
+    def sample_requests(self, n: int | dict, seed: int = 0) -> pd.DataFrame:
+        """Flow requests drawn from the training flows' (kind, app, packets) mix.
+
+        ``n``: a total (split over kinds as in training) or ``{kind: count}``.
+        """
+        self._check_fitted()
+        rng = np.random.default_rng(seed)
+        if not isinstance(n, dict):
+            tot = {k: int(v.cond_count.sum()) for k, v in self.vocab_.items()}
+            share = np.array(list(tot.values()), dtype=float)
+            counts = rng.multinomial(int(n), share / share.sum())
+            n = dict(zip(tot, counts.tolist()))
+        parts = []
+        for kind, k in n.items():
+            if kind not in self.vocab_:
+                raise NecstError(f"flow model has no {kind!r} flows")
+            v = self.vocab_[kind]
+            pick = rng.choice(len(v.cond_count), size=int(k), p=v.cond_count / v.cond_count.sum())
+            parts.append(pd.DataFrame({"kind": kind, "app": np.array(v.apps, dtype=object)[v.cond_app[pick]],
+                                       "packets": v.cond_packets[pick]}))
+        out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["kind", "app", "packets"])
+        out["size_class"] = size_class(out["packets"].to_numpy(np.int64))
+        return out
+
+    def _step_fn(self, kind: str):
+        """A compiled one-packet step for all active flows of a kind (built once per kind)."""
+        cache = self.__dict__.setdefault("_steps", {})
+        if kind in cache:
+            return cache[kind]
+        import tensorflow as tf
+
+        m = self.models_[kind]
+        Lr = {layer.name: layer for layer in m.layers}
+        cell = Lr["lstm"].cell
+
+        def head(name, parts):
+            z = Lr[f"{name}_in"](parts) if len(parts) > 1 else parts[0]
+            return Lr[name](Lr[f"{name}_hidden"](z))
+
+        def draw(logits, seed):
+            return tf.cast(tf.random.stateless_categorical(logits, 1, seed=seed)[:, 0], tf.int32)
+
+        U = self.units
+        spec = [tf.TensorSpec([None, 4], tf.int32), tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None, U], tf.float32), tf.TensorSpec([None, U], tf.float32),
+                tf.TensorSpec([5, 2], tf.int64)]
+
+        @tf.function(input_signature=spec, autograph=False)
+        def step(prev, app, size, pos, rem, h, c, seeds):
+            cond = [Lr["e_app"](app), Lr["e_size"](size), Lr["e_pos"](pos), Lr["e_rem"](rem)]
+            x = Lr["step_in"]([Lr["e_dir"](prev[:, 0]), Lr["e_flag"](prev[:, 1]),
+                               Lr["e_code"](prev[:, 2]), Lr["e_gap"](prev[:, 3])] + cond)
+            out, (h, c) = cell(x, [h, c], training=False)
+            hc = Lr["h_cond"]([out] + cond)
+            d = draw(head("dir", [hc]), seeds[0])
+            cd = Lr["e_dir"](d)
+            f = draw(head("flag", [hc, cd]), seeds[1])
+            cf = Lr["e_flag"](f)
+            k = draw(head("code", [hc, cd, cf]), seeds[2])
+            ck = Lr["e_code"](k)
+            g = draw(head("gap", [hc, cd, cf, ck]), seeds[3])
+            p_last = tf.sigmoid(head("last", [hc, cd, cf, ck, Lr["e_gap"](g)])[:, 0])
+            u = tf.random.stateless_uniform(tf.shape(p_last), seed=seeds[4])
+            return tf.stack([d, f, k, g], axis=1), u < p_last, h, c
+
+        cache[kind] = step
+        return step
+
+    def sample(self, requests: pd.DataFrame, packet_model, seed: int = 0) -> pd.DataFrame:
+        """One row per generated packet of each requested flow.
+
+        ``requests``: columns ``kind``, ``app``, and ``packets`` (the flow's packet count, which
+        conditions the model; it learned to place the teardown before the end) or ``size_class``
+        (a count is then drawn from the training flows of that class); optional ``max_packets``
+        cuts a flow short. A flow stops when the model says so or at its count. Columns out: ``flow``
+        (row number in ``requests``), ``pos``, ``kind``, ``app``, ``direction``, ``flag_combo``,
+        ``tcp_flags`` (nullable UInt16, null for non-TCP), ``code``, ``gap_s`` (0 for the first
+        packet), ``time_s`` (since the flow's first packet), then the packet model's fields of
+        the code that are not already there (``wire_len``, ``hdr_len``, ``payload_len``, ...).
+        """
+        import tensorflow as tf
+
+        self._check_fitted()
+        req = self._requests(requests)
+        parts = []
+        for ki, kind in enumerate(KINDS):
+            sel = np.flatnonzero(req["kind"].to_numpy() == kind)
+            if len(sel) == 0:
+                continue
+            if kind not in self.models_:
+                raise NecstError(f"flow model was trained without {kind!r} flows; cannot sample them")
+            parts.append(self._sample_kind(kind, ki, req.iloc[sel], sel, packet_model, seed, tf))
+        cols = ["flow", "pos", "kind", "app", "direction", "flag_combo", "tcp_flags", "code", "gap_s", "time_s"]
+        if not parts:
+            return pd.DataFrame(columns=cols)
+        out = pd.concat(parts, ignore_index=True)
+        order = np.lexsort((out["pos"].to_numpy(), out["flow"].to_numpy()))
+        return out.iloc[order].reset_index(drop=True)
+
+    def _requests(self, requests: pd.DataFrame) -> pd.DataFrame:
+        if not isinstance(requests, pd.DataFrame):
+            raise NecstError("flow requests must be a pandas DataFrame")
+        if "kind" not in requests.columns:
+            raise NecstError("flow requests lack the column 'kind'")
+        req = pd.DataFrame({"kind": requests["kind"].astype(str).to_numpy()})
+        bad = sorted(set(req["kind"]) - set(KINDS))
+        if bad:
+            raise NecstError(f"unknown flow kind(s) {bad}; expected one of {list(KINDS)}")
+        req["app"] = requests["app"].astype(str).to_numpy() if "app" in requests.columns else OTHER_APP
+        if "packets" in requests.columns:
+            if requests["packets"].isna().any():
+                raise NecstError("flow requests have missing packet counts")
+            pk = requests["packets"].to_numpy(np.int64)
+            if len(pk) and pk.min() < 1:
+                raise NecstError("flow requests ask for fewer than 1 packet")
+            req["packets"], req["size_class"] = pk, size_class(pk)
+        elif "size_class" in requests.columns:
+            sc = requests["size_class"].to_numpy(np.int64)
+            if len(sc) and (sc.min() < 0 or sc.max() >= len(SIZE_EDGES)):
+                raise NecstError(f"size_class must lie in 0-{len(SIZE_EDGES) - 1}")
+            req["packets"], req["size_class"] = 0, sc  # 0: drawn per kind from the training flows
+        else:
+            raise NecstError("flow requests need a 'packets' or a 'size_class' column")
+        cap = np.full(len(req), np.iinfo(np.int64).max)
+        if "max_packets" in requests.columns:
+            m = pd.to_numeric(requests["max_packets"], errors="coerce").to_numpy(np.float64)
+            cap = np.where(np.isnan(m), cap, np.maximum(np.nan_to_num(m, nan=1.0), 1).astype(np.int64))
+        req["max_packets"] = cap
+        return req
+
+    def _sample_kind(self, kind, ki, req, flow_ids, packet_model, seed, tf) -> pd.DataFrame:
+        v = self.vocab_[kind]
+        step = self._step_fn(kind)
+        n = len(req)
+        app = v.app_ids(req["app"].to_numpy())
+        size = req["size_class"].to_numpy().astype(np.int32)
+        target = req["packets"].to_numpy(np.int64).copy()
+        if (target == 0).any():
+            todo = target == 0
+            target[todo] = v.packets_for(size[todo], np.random.default_rng([seed, ki, 7]))
+        cap = np.minimum(target, req["max_packets"].to_numpy())
+        U = self.units
+        active = np.arange(n)
+        prev = np.tile(np.array([2, len(v.flags), v.n_codes, self.n_gap_bins], np.int32), (n, 1))
+        h = np.zeros((n, U), np.float32)
+        c = np.zeros((n, U), np.float32)
+        got_flow, got_pos, got_tok = [], [], []
+        t = 0
+        while len(active):
+            if t and t % self.window == 0:
+                h[:], c[:] = 0.0, 0.0
+            seeds = tf.constant([[seed, ki * 1_000_003 + t * 8 + j] for j in range(5)], dtype=tf.int64)
+            posb = np.full(len(active), _pos_bucket(np.array([t]))[0], np.int32)
+            remb = _pos_bucket(np.maximum(target[active] - 1 - t, 0))
+            tok, end, h_t, c_t = step(tf.constant(prev), tf.constant(app[active]), tf.constant(size[active]),
+                                      tf.constant(posb), tf.constant(remb), tf.constant(h), tf.constant(c), seeds)
+            tok = tok.numpy()
+            got_flow.append(active)
+            got_pos.append(np.full(len(active), t, np.int64))
+            got_tok.append(tok)
+            keep = ~(end.numpy() | (t + 1 >= cap[active]))
+            active = active[keep]
+            prev = tok[keep]
+            h, c = h_t.numpy()[keep], c_t.numpy()[keep]
+            t += 1
+        local = np.concatenate(got_flow)
+        pos = np.concatenate(got_pos)
+        tok = np.concatenate(got_tok)
+        order = np.lexsort((pos, local))
+        local, pos, tok = local[order], pos[order], tok[order]
+        rng = np.random.default_rng([seed, ki])
+        flags = np.array(v.flags, dtype=object)[tok[:, 1]]
+        gap = self._gap_values(tok[:, 3], rng)
+        gap[pos == 0] = 0.0
+        flow_start = np.flatnonzero(pos == 0)
+        csum = np.cumsum(gap)
+        time_s = csum - np.repeat(csum[flow_start] - gap[flow_start], np.diff(np.append(flow_start, len(pos))))
+        if kind == "tcp":
+            lut = np.array([flag_bits(f) for f in v.flags], dtype=np.int64)
+            bits = pd.array(lut[tok[:, 1]], dtype="UInt16")
+        else:
+            bits = pd.array([None] * len(flags), dtype="UInt16")
+        out = pd.DataFrame({
+            "flow": flow_ids[local], "pos": pos, "kind": kind,
+            "app": req["app"].to_numpy(dtype=object)[local], "direction": tok[:, 0].astype(np.uint8),
+            "flag_combo": flags, "tcp_flags": bits, "code": tok[:, 2].astype(np.int64),
+            "gap_s": gap, "time_s": time_s,
+        })
+        fields = packet_model.sample_codes(out["code"].to_numpy(), kind, seed=int(seed) * 3 + ki)
+        for col in fields.columns:
+            if col not in out.columns:
+                out[col] = fields[col].to_numpy()
+        return out
+
+    def _gap_values(self, bins: np.ndarray, rng) -> np.ndarray:
+        """Log-uniform within each bin; bin 0 (below the floor) is 0."""
+        e = np.log(self.gap_edges_)
+        b = np.clip(bins, 1, len(e) - 1)
+        lo, hi = e[b - 1], e[b]
+        g = np.exp(lo + rng.random(len(bins)) * (hi - lo))
+        return np.where(bins == 0, 0.0, g)
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def write_to(self, writer) -> None:
+        """Add the flow level to a bundle being written (``flow_*`` files, config in the manifest)."""
+        self._check_fitted()
+        writer.config["flow"] = self.get_config()
+        arrays = {"gap_edges": self.gap_edges_}
+        for kind, v in self.vocab_.items():
+            arrays.update(v.arrays(kind))
+            writer.add_file(f"flow_{kind}.keras", self.models_[kind].save)
+        writer.add_arrays("flow_arrays.npz", **arrays)
+        writer.add_json("flow_config.json", {
+            "config": self.get_config(), "kinds": {k: v.to_json() for k, v in self.vocab_.items()},
+            "size_edges": list(SIZE_EDGES), "n_pos": N_POS,
+            "history": {k: {kk: vv for kk, vv in h.items()} for k, h in self.history_.items()},
+            "fit_seconds": getattr(self, "fit_seconds_", None)})
+
+    @classmethod
+    def read_from(cls, bundle) -> "FlowModel":
+        import keras
+
+        meta = bundle.json("flow_config.json")
+        if list(meta.get("size_edges", [])) != list(SIZE_EDGES) or meta.get("n_pos") != N_POS:
+            raise NecstError("flow model in bundle was made with other size classes; retrain it", bundle.path)
+        model = cls(**meta["config"])
+        arrays = bundle.arrays("flow_arrays.npz")
+        model.gap_edges_ = arrays["gap_edges"]
+        model.vocab_, model.models_ = {}, {}
+        for kind, d in meta["kinds"].items():
+            model.vocab_[kind] = _Vocab.from_saved(d, arrays, kind)
+            model.models_[kind] = keras.models.load_model(bundle.file(f"flow_{kind}.keras"), compile=False)
+        model.history_ = meta.get("history", {})
+        model.fit_seconds_ = meta.get("fit_seconds")
+        return model
+
+    def save(self, out: str | Path, force: bool = False) -> Path:
+        """A generator bundle holding the flow level alone."""
+        try:
+            from necst.model.bundle import save_generator
+        except ImportError:  # before the generator bundle module exists: a plain bundle
+            from necst.bundle import BundleWriter
+
+            with BundleWriter(out, kind="generator", config={"levels": ["flow"]}, force=force) as w:
+                self.write_to(w)
+            return Path(out)
+        return save_generator(out, flow=self, force=force)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FlowModel":
+        """The flow level of any generator bundle that holds one (hashes verified)."""
+        from necst.bundle import load
+
+        bundle = load(path, kind="generator")
+        try:
+            from necst.model.bundle import SEAL, verify_seal
+        except ImportError:
+            pass
+        else:
+            if SEAL in bundle.files:
+                verify_seal(bundle)
+        if "flow_config.json" not in bundle.files:
+            raise NecstError("bundle holds no flow level", path)
+        return cls.read_from(bundle)
+
+
+
+def flow_structure(packets: pd.DataFrame, flow_col: str = "flow", pos_col: str = "pos") -> dict:
+    """Shares of TCP flows with each piece of structure, from per-packet flags and directions.
+
+    ``opens``: the first three packets are SYN (initiator), SYN+ACK (responder), then an ACK
+    without SYN from the initiator. ``closes``: a FIN or RST among the last four packets.
+    ``syn_inside``: a SYN after the first packet that is not a retransmitted opening SYN/SYN+ACK
+    (NeCSTGen's cross-flow windows put them there).
+    """
+    df = packets[[flow_col, pos_col, "flag_combo", "direction"]]
+    order = np.lexsort((df[pos_col].to_numpy(), df[flow_col].to_numpy()))
+    flow = df[flow_col].to_numpy()[order]
+    uniq, inv = np.unique(df["flag_combo"].astype(str).to_numpy()[order], return_inverse=True)
+    bits = np.array([flag_bits(f) or 0 for f in uniq], dtype=np.int64)[inv.reshape(-1)]
+    d = df["direction"].to_numpy().astype(int)[order]
+    n = len(flow)
+    if n == 0:
+        return {"flows": 0, "opens": np.nan, "closes": np.nan, "opens_and_closes": np.nan, "syn_inside": np.nan}
+    new = np.ones(n, bool)
+    new[1:] = flow[1:] != flow[:-1]
+    start = np.flatnonzero(new)
+    length = np.diff(np.append(start, n))
+    k = len(start)
+
+    def at(i, ok):
+        idx = start + i
+        valid = length > i
+        res = np.zeros(k, bool)
+        res[valid] = ok(idx[valid])
+        return res
+
+    syn, ack, fin, rst = 0x002, 0x010, 0x001, 0x004
+    opens = (at(0, lambda j: (bits[j] == syn) & (d[j] == 0))
+             & at(1, lambda j: (bits[j] == syn | ack) & (d[j] == 1))
+             & at(2, lambda j: ((bits[j] & ack) > 0) & ((bits[j] & syn) == 0) & (d[j] == 0)))
+    seq = np.cumsum(new) - 1
+    rel_end = (start + length)[seq] - np.arange(n)  # 1 for the last packet
+    tail = (rel_end <= 4) & ((bits & (fin | rst)) > 0)
+    closes = np.bincount(seq[tail], minlength=k) > 0
+    # SYN later in the flow, after the handshake has started moving data
+    in_flow = np.arange(n) - start[seq]
+    late_syn = (in_flow >= 3) & ((bits & syn) > 0)
+    syn_inside = np.bincount(seq[late_syn], minlength=k) > 0
+    return {"flows": int(k), "opens": float(opens.mean()), "closes": float(closes.mean()),
+            "opens_and_closes": float((opens & closes).mean()), "syn_inside": float(syn_inside.mean())}

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Measure the flow model on the standard iot_sentinel split: structure, fidelity, cost.
+
+Trains FlowModel on the training part, samples as many flows per kind as the training part
+holds (conditions drawn from the training flows' app / size-class mix), and prints
+
+1. structure: share of TCP flows that open with SYN, SYN+ACK, ACK, that close with FIN or
+   RST (in their last four packets), both, and that carry a SYN after their third packet —
+   sampled vs real held-out (and real train);
+2. fidelity per kind: distance(sampled, held-out) beside the floor distance(train, held-out)
+   and their ratio (target <= 1.5). Distances: EMD (necst.evaluate.emd) of log10 values for
+   packets, bytes, duration (s, floored at 1 us), direction changes (log10(1 + x)) per flow and
+   log10 gaps (s, floored at 1 us, packets after the first); JSD (necst.evaluate.jsd, nats) of
+   the bigram counts of consecutive flag combinations with start/end marks (^, $), and of
+   flag+direction tokens;
+3. cost: training seconds per kind and sampling seconds for 10,000 flows (first call, which
+   builds the compiled step, and a second call).
+
+usage: PYTHONPATH=. python scripts/eval_flow_model.py [--train DIR] [--heldout DIR]
+       [--packet-model length|train|BUNDLE] [--epochs N] [--seed S] [--save DIR] [--time-data DIR]
+Datasets are made from ../shared/tools/iot_split.py when the folders do not exist.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from necst.evaluate import emd, jsd
+from necst.evaluate.metrics import align_counts
+from necst.model.flow import KINDS, FlowModel, flow_structure
+from necst.process.dataset import load_dataset, process_captures
+from necst.process.features import packet_features
+
+SPLIT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "iot_split.py"
+
+
+def ensure_split(train: Path, heldout: Path) -> None:
+    if train.exists() and heldout.exists():
+        return
+    rows = [ln.split("\t") for ln in subprocess.run([sys.executable, str(SPLIT)], check=True,
+                                                     capture_output=True, text=True).stdout.splitlines()]
+    for part, out in (("train", train), ("heldout", heldout)):
+        if not out.exists():
+            process_captures([p for k, p in rows if k == part], out)
+
+
+def real_frame(pf: pd.DataFrame) -> pd.DataFrame:
+    """Packet features in the sampled frame's shape: flow, pos, kind, direction, flags, gap, length."""
+    order = np.lexsort((pf["flow_pos"].to_numpy(), pf["ts_ns"].to_numpy(), pf["flow_id"].to_numpy()))
+    pf = pf.iloc[order]
+    flow = pf["flow_id"].to_numpy()
+    new = np.ones(len(flow), bool)
+    new[1:] = flow[1:] != flow[:-1]
+    start = np.flatnonzero(new)
+    pos = np.arange(len(flow)) - start[np.cumsum(new) - 1]
+    gap = np.where(pos == 0, 0.0, pf["gap_s"].to_numpy(np.float64))
+    return pd.DataFrame({"flow": flow, "pos": pos, "kind": pf["kind"].astype(str).to_numpy(),
+                         "direction": pf["direction"].to_numpy().astype(int),
+                         "flag_combo": pf["flag_combo"].astype(str).to_numpy(), "gap_s": gap,
+                         "wire_len": pf["wire_len"].to_numpy(np.int64)})
+
+
+def per_flow(df: pd.DataFrame) -> dict:
+    """Per-flow and per-packet views of a (flow, pos)-sorted frame."""
+    df = df.sort_values(["flow", "pos"], kind="stable")
+    flow = df["flow"].to_numpy()
+    new = np.ones(len(flow), bool)
+    new[1:] = flow[1:] != flow[:-1]
+    seq = np.cumsum(new) - 1
+    k = int(seq[-1]) + 1 if len(seq) else 0
+    d = df["direction"].to_numpy()
+    change = np.zeros(len(d), bool)
+    change[1:] = (d[1:] != d[:-1]) & ~new[1:]
+    flags = df["flag_combo"].to_numpy(dtype=object)
+    tok = np.char.add(flags.astype(str), np.where(d == 0, ">", "<"))
+    gap = df["gap_s"].to_numpy(np.float64)
+
+    def bigrams(t):
+        t = t.astype(object)
+        nxt = np.append(t[1:], "$").astype(object)
+        last = np.append(new[1:], True)  # the last packet of its flow
+        nxt[last] = "$"
+        firsts = pd.Series(np.char.add("^ ", t[new].astype(str)))
+        pairs = pd.Series(np.char.add(np.char.add(t.astype(str), " "), nxt.astype(str)))
+        return pd.concat([firsts, pairs]).value_counts()
+
+    return {
+        "packets": np.bincount(seq, minlength=k),
+        "bytes": np.bincount(seq, weights=df["wire_len"].to_numpy(np.float64), minlength=k),
+        "duration": np.bincount(seq, weights=gap, minlength=k),
+        "dir_changes": np.bincount(seq, weights=change.astype(float), minlength=k),
+        "gaps": gap[~new],
+        "flag_bigrams": bigrams(flags),
+        "flagdir_bigrams": bigrams(tok),
+    }
+
+
+def distances(a: dict, b: dict) -> dict:
+    lg = lambda x: np.log10(np.maximum(x, 1e-6))  # noqa: E731
+    return {
+        "packets/flow": emd(np.log10(a["packets"]), np.log10(b["packets"])),
+        "bytes/flow": emd(np.log10(np.maximum(a["bytes"], 1)), np.log10(np.maximum(b["bytes"], 1))),
+        "duration": emd(lg(a["duration"]), lg(b["duration"])),
+        "dir changes": emd(np.log10(1 + a["dir_changes"]), np.log10(1 + b["dir_changes"])),
+        "log gaps": emd(lg(a["gaps"]), lg(b["gaps"])),
+        "flag bigrams": jsd(*align_counts(a["flag_bigrams"], b["flag_bigrams"])),
+        "flag+dir bigrams": jsd(*align_counts(a["flagdir_bigrams"], b["flagdir_bigrams"])),
+    }
+
+
+def load_packet_model(spec: str, train):
+    if spec == "length":
+        from necst.model.length_codes import LengthCodes
+
+        return LengthCodes().fit(train), "LengthCodes (quantile bins of wire_len, stand-in)"
+    from necst.model.packet import PacketModel  # the VAE + GMM packet model
+
+    if spec == "train":
+        pm = PacketModel().fit(train)
+        return pm, f"PacketModel trained here ({pm.fit_seconds_:.0f} s)"
+    if Path(spec).exists():
+        return PacketModel.load(spec), f"PacketModel from {spec}"
+    raise SystemExit(f"--packet-model: {spec} is neither 'length', 'train' nor a bundle folder")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=Path, default=Path("/tmp/iot_train"))
+    ap.add_argument("--heldout", type=Path, default=Path("/tmp/iot_heldout"))
+    ap.add_argument("--packet-model", default="length")
+    ap.add_argument("--epochs", type=int, default=FlowModel().epochs)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", type=Path, default=None, help="write the trained flow model here")
+    ap.add_argument("--load", type=Path, default=None, help="measure this trained flow model instead")
+    ap.add_argument("--time-data", type=Path, default=None,
+                    help="also time training on this dataset folder (e.g. 200k packets)")
+    a = ap.parse_args()
+
+    ensure_split(a.train, a.heldout)
+    train, held = load_dataset(a.train), load_dataset(a.heldout)
+    pm, pm_name = load_packet_model(a.packet_model, train)
+    print(f"train {train.packets.num_rows} packets, held-out {held.packets.num_rows}; packet model: {pm_name}")
+
+    fm = FlowModel.load(a.load) if a.load else FlowModel(epochs=a.epochs, seed=a.seed).fit(train, pm)
+    if a.save:
+        fm.save(a.save, force=True)
+    real_tr = real_frame(packet_features(train.packets))
+    real_ho = real_frame(packet_features(held.packets))
+    n_train = real_tr.groupby("kind")["flow"].nunique().to_dict()
+    req = fm.sample_requests({k: int(n_train.get(k, 0)) for k in KINDS if k in fm.vocab_}, seed=a.seed + 1)
+    t = time.perf_counter()
+    synth = fm.sample(req, pm, seed=a.seed + 1)
+    t_sample = time.perf_counter() - t
+
+    print("\n## 1. TCP structure (share of flows)")
+    rows = {"real held-out": flow_structure(real_ho[real_ho.kind == "tcp"]),
+            "real train": flow_structure(real_tr[real_tr.kind == "tcp"]),
+            "sampled": flow_structure(synth[synth.kind == "tcp"])}
+    st = pd.DataFrame(rows).T
+    gap_pp = (st.loc["sampled"] - st.loc["real held-out"]).drop("flows") * 100
+    print(st.to_string(float_format=lambda x: f"{x:.4f}"))
+    print("sampled - held-out (percentage points): "
+          + ", ".join(f"{k} {v:+.1f}" for k, v in gap_pp.items()))
+
+    print("\n## 2. Fidelity: d(sampled, held-out) / d(train, held-out)  (target <= 1.5)")
+    lines = []
+    for kind in KINDS:
+        if kind not in fm.vocab_:
+            continue
+        ho = per_flow(real_ho[real_ho.kind == kind])
+        tr = per_flow(real_tr[real_tr.kind == kind])
+        sy = per_flow(synth[synth.kind == kind])
+        floor, got, fit = distances(tr, ho), distances(sy, ho), distances(sy, tr)
+        for m in floor:
+            r = got[m] / floor[m] if floor[m] > 0 else np.inf
+            lines.append({"kind": kind, "metric": m, "sampled": got[m], "floor": floor[m], "ratio": r,
+                          "ok": "yes" if r <= 1.5 else "NO", "sampled vs train": fit[m]})
+    fid = pd.DataFrame(lines)
+    print(fid.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print(f"within 1.5x: {int((fid.ok == 'yes').sum())} of {len(fid)}")
+
+    print("\n## 3. Cost")
+    for k, h in fm.history_.items():
+        print(f"train {k}: {h['seconds']:.1f} s, {len(h['loss'])} epochs, {h['windows']} windows")
+    print(f"train all: {fm.fit_seconds_:.1f} s on {train.packets.num_rows} packets"
+          + (f" (loaded from {a.load})" if a.load else ""))
+    print(f"sample {len(req)} flows ({len(synth)} packets): {t_sample:.2f} s (first call)")
+    req10 = fm.sample_requests(10_000, seed=a.seed + 2)
+    t = time.perf_counter()
+    s10 = fm.sample(req10, pm, seed=a.seed + 2)
+    print(f"sample 10,000 flows ({len(s10)} packets): {time.perf_counter() - t:.2f} s")
+    if a.time_data:
+        big = load_dataset(a.time_data)
+        pm_big = pm if a.packet_model != "length" else load_packet_model("length", big)[0]
+        fb = FlowModel(epochs=a.epochs, seed=a.seed).fit(big, pm_big)
+        print(f"train all on {a.time_data} ({big.packets.num_rows} packets): {fb.fit_seconds_:.1f} s ("
+              + ", ".join(f"{k} {h['seconds']:.0f} s / {len(h['loss'])} epochs" for k, h in fb.history_.items())
+              + ")")
+        t = time.perf_counter()
+        fb.sample(fb.sample_requests(10_000, seed=3), pm_big, seed=3)
+        print(f"sample 10,000 flows from that model: {time.perf_counter() - t:.2f} s (first call)")
+
+
+if __name__ == "__main__":
+    main()

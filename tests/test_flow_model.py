@@ -1,0 +1,145 @@
+"""FlowModel: learns flow structure from hand-made flows, samples reproducibly, saves safely."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from necst.errors import NecstError
+from necst.model.flow import FlowModel, _pos_bucket, flow_structure, size_class
+from necst.model.length_codes import LengthCodes
+
+
+def _tcp_flow(rng, n_data):
+    """SYN, SYN+ACK, ACK, n_data request/response pairs, FIN+ACK both ways, last ACK."""
+    flags = ["SYN", "SYN+ACK", "ACK"] + ["PSH+ACK", "ACK"] * n_data + ["FIN+ACK", "FIN+ACK", "ACK"]
+    dirs = [0, 1, 0] + [0, 1] * n_data + [0, 1, 0]
+    lens = [74, 74, 66] + [int(x) for pair in zip(rng.integers(200, 1400, n_data), [66] * n_data)
+                           for x in pair] + [66, 66, 66]
+    return flags, dirs, lens
+
+
+def make_features(seed=0, n_tcp=120, n_udp=120, n_noflow=60) -> pd.DataFrame:
+    """Packet features of three kinds of flows with a clear, learnable structure."""
+    rng = np.random.default_rng(seed)
+    rows, fid, t0 = [], 0, 0
+
+    def add(kind, app, flags, dirs, lens):
+        nonlocal fid, t0
+        gaps = np.r_[0.0, np.exp(rng.normal(np.log(0.01), 1.0, len(flags) - 1))]
+        ts = t0 + np.cumsum((gaps * 1e9).astype(np.int64))
+        for i, (f, d, wl) in enumerate(zip(flags, dirs, lens)):
+            rows.append((fid, int(ts[i]), kind, app, f, d, i, wl, min(wl, 66), max(wl - 66, 0), gaps[i]))
+        fid += 1
+        t0 += 10**9
+
+    for _ in range(n_tcp):
+        add("tcp", "http", *_tcp_flow(rng, int(rng.integers(1, 9))))
+    for _ in range(n_udp):
+        n = int(rng.integers(1, 3))
+        add("udp", "dns", ["na"] * n, [0, 1][:n], [80, 160][:n])
+    for _ in range(n_noflow):
+        n = int(rng.integers(1, 3))
+        add("noflow", "unknown", ["na"] * n, [0, 1][:n], [60, 60][:n])
+    df = pd.DataFrame(rows, columns=["flow_id", "ts_ns", "kind", "app", "flag_combo", "direction", "flow_pos",
+                                     "wire_len", "hdr_len", "payload_len", "gap_s"])
+    df["kind"] = pd.Categorical(df["kind"])
+    df["direction"] = df["direction"].astype(np.uint8)
+    return df
+
+
+@pytest.fixture(scope="module")
+def trained():
+    pf = make_features()
+    pm = LengthCodes(n_bins=4).fit(pf)
+    # window 8 < the longest flows (21 packets), so windows and state resets are exercised
+    fm = FlowModel(units=32, window=8, epochs=60, batch_size=32, learning_rate=1e-2, patience=60,
+                   val_fraction=0.0, seed=0).fit(pf, pm)
+    return pf, pm, fm
+
+
+def test_learns_tcp_handshake_and_teardown(trained):
+    pf, pm, fm = trained
+    # flows of 10 packets, and flows of a size class (a count drawn from the training flows)
+    req = pd.DataFrame({"kind": "tcp", "app": "http", "packets": np.full(100, 10)})
+    s = pd.concat([fm.sample(req, pm, seed=1),
+                   fm.sample(pd.DataFrame({"kind": "tcp", "app": "http", "size_class": np.full(100, 10)}),
+                             pm, seed=1).assign(flow=lambda d: d.flow + 100)])
+    st = flow_structure(s[s.kind == "tcp"])
+    assert st["flows"] == 200
+    assert st["opens"] >= 0.9 and st["closes"] >= 0.85, st
+    assert s.groupby("flow")["pos"].apply(lambda p: (p.to_numpy() == np.arange(len(p))).all()).all()
+    assert (s.loc[s.pos == 0, "gap_s"] == 0).all() and (s["gap_s"] >= 0).all()
+    assert (s.loc[s.flag_combo == "SYN+ACK", "tcp_flags"] == 0x012).all()
+
+
+def test_udp_and_noflow_lengths_and_fields(trained):
+    pf, pm, fm = trained
+    req = pd.DataFrame({"kind": ["udp"] * 100 + ["noflow"] * 50, "app": "dns", "size_class": 1})
+    s = fm.sample(req, pm, seed=2)
+    assert set(s["flow"]) == set(range(150))
+    per = s.groupby("flow").size()
+    assert per.max() <= 2  # size class 1 holds 2-packet flows
+    assert s["tcp_flags"].isna().all() and (s["flag_combo"] == "na").all()
+    assert set(s.loc[s.kind == "udp", "wire_len"]) <= {80, 160}
+    assert {"wire_len", "hdr_len", "payload_len", "time_s", "code"} <= set(s.columns)
+
+
+def test_same_seed_same_flows(trained):
+    pf, pm, fm = trained
+    req = fm.sample_requests(300, seed=5)
+    a, b = fm.sample(req, pm, seed=7), fm.sample(req, pm, seed=7)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(fm.sample(req, pm, seed=8))
+
+
+def test_save_load_gives_the_same_samples(trained, tmp_path):
+    pf, pm, fm = trained
+    fm.save(tmp_path / "gen")
+    with pytest.raises(NecstError):
+        fm.save(tmp_path / "gen")  # exists: needs force
+    back = FlowModel.load(tmp_path / "gen")
+    req = fm.sample_requests(100, seed=1)
+    pd.testing.assert_frame_equal(fm.sample(req, pm, seed=3), back.sample(req, pm, seed=3))
+    assert not any(p.suffix == ".pkl" for p in (tmp_path / "gen").iterdir())
+
+
+def test_max_packets_caps_flows(trained):
+    pf, pm, fm = trained
+    req = pd.DataFrame({"kind": "tcp", "app": "http", "packets": 20, "max_packets": [3] * 49 + [None]})
+    per = fm.sample(req, pm, seed=0).groupby("flow").size()
+    assert per[:49].max() <= 3 and per[49] > 3  # no cap where max_packets is missing
+
+
+def test_bad_requests_fail_clearly(trained):
+    pf, pm, fm = trained
+    with pytest.raises(NecstError, match="unknown flow kind"):
+        fm.sample(pd.DataFrame({"kind": ["sctp"], "size_class": [1]}), pm)
+    with pytest.raises(NecstError, match="size_class"):
+        fm.sample(pd.DataFrame({"kind": ["tcp"]}), pm)
+    with pytest.raises(NecstError, match="not fitted"):
+        FlowModel().sample(pd.DataFrame({"kind": ["tcp"], "size_class": [1]}), pm)
+
+
+def test_windows_never_cross_flows():
+    fm = FlowModel(window=4)
+    tok = {"seq_start": np.array([0, 10, 13]), "seq_len": np.array([10, 3, 9])}
+    starts, lens = fm._windows(tok, np.arange(3))
+    flow_of_row = np.repeat(np.arange(3), tok["seq_len"])
+    for s, n in zip(starts, lens):
+        assert 1 <= n <= 4 and len(set(flow_of_row[s:s + n])) == 1
+    assert lens.sum() == tok["seq_len"].sum()
+
+
+def test_size_classes_and_positions():
+    assert list(size_class([0, 1, 2, 7, 8, 10**6])) == [0, 0, 1, 5, 6, 26]
+    b = _pos_bucket(np.array([0, 15, 16, 31, 32, 10**9]))
+    assert list(b[:3]) == [0, 15, 16] and b[3] == 16 and b[4] == 17 and b[5] == 39
+
+
+def test_flow_structure_on_hand_made_flows():
+    rows = [(0, 0, "SYN", 0), (0, 1, "SYN+ACK", 1), (0, 2, "ACK", 0), (0, 3, "FIN+ACK", 0), (0, 4, "ACK", 1),
+            (1, 0, "PSH+ACK", 0), (1, 1, "ACK", 1), (1, 2, "SYN", 0)]
+    df = pd.DataFrame(rows, columns=["flow", "pos", "flag_combo", "direction"])
+    st = flow_structure(df)
+    assert st == {"flows": 2, "opens": 0.5, "closes": 0.5, "opens_and_closes": 0.5, "syn_inside": 0.0}
