@@ -3,7 +3,8 @@
 The public API, re-exported here lazily (importing ``necst`` loads none of the stages):
 
     from necst import process_captures, load_dataset, CaptureReader   # process
-    from necst import AggregateModel, generate, CaptureWriter         # generate
+    from necst import PacketModel, FlowModel, AggregateModel          # models
+    from necst import generate, CaptureWriter                        # generate
     from necst import compare, evaluate                              # evaluate
     from necst import Detector, IsolationForestDetector, LOFDetector  # detect
 """
@@ -29,6 +30,8 @@ _EXPORTS = {
     "read_flows": "necst.process.dataset",
     "FlowMeter": "necst.process.flows",
     "FeatureSpec": "necst.process.features",
+    "PacketModel": "necst.model.packet",
+    "FlowModel": "necst.model.flow",
     "AggregateModel": "necst.model.aggregate",
     "generate": "necst.generate",
     "compare": "necst.evaluate",

@@ -54,7 +54,7 @@ import pandas as pd
 from necst.errors import BundleError, NecstError
 from necst.model.mixture import DEFAULT_CANDIDATES, Mixture
 from necst.model.vae import DenseStack, TrainedVAE, activate, train_vae
-from necst.process.features import (NOT_TCP, FeatureSpec, categorical, continuous, flag_bits,
+from necst.process.features import (NOT_TCP, FeatureSpec, categorical, flag_bits,
                                     packet_features)
 
 KINDS = ("tcp", "udp", "noflow")
