@@ -22,7 +22,7 @@ from necst.capture.writer import CaptureWriter
 from necst.errors import NecstError
 from necst.generate.craft import Arena, PacketFields, build_frames, plan_packets
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"  # -> models/default
 MAX_BATCH_PACKETS = 1 << 16
 
 
@@ -47,10 +47,8 @@ def load_generator(model_dir: str | Path | None = None):
     if not path.exists():
         raise NecstError("no such model folder" if model_dir is not None else
                          "no --model given and no bundled default model", path)
-    try:
-        from necst.model.bundle import load_generator as _load
-    except ImportError:
-        raise NecstError("this necst cannot read generator bundles yet (necst.model.bundle is missing)") from None
+    from necst.model.bundle import load_generator as _load
+
     return _load(path)
 
 

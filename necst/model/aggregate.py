@@ -445,33 +445,21 @@ class AggregateModel:
 
     def save(self, path: str | Path, force: bool = False) -> Path:
         """A generator bundle holding this level alone."""
-        try:
-            from necst.model.bundle import save_generator
-        except ImportError:  # before the generator bundle module: a plain bundle of kind generator
-            from necst.bundle import BundleWriter
+        from necst.model.bundle import save_generator
 
-            with BundleWriter(path, kind="generator", config={"levels": ["aggregate"],
-                                                              "aggregate": self.config()}, force=force) as w:
-                self.write_to(w)
-            return Path(path)
         return Path(save_generator(path, aggregate=self, force=force))
 
     @classmethod
     def load(cls, path: str | Path) -> "AggregateModel":
-        """The aggregate level of any generator bundle that holds it."""
+        """The aggregate level of any generator bundle that holds it (every file and the manifest verified)."""
         from necst.bundle import load
+        from necst.errors import BundleError
+        from necst.model.bundle import verify_seal
 
         bundle = load(path, kind="generator")
         if "aggregate" not in bundle.config.get("levels", []):
-            from necst.errors import BundleError
-
             raise BundleError("bundle has no aggregate level", path)
-        try:
-            from necst.model.bundle import verify_seal
-        except ImportError:
-            verify_seal = None
-        if verify_seal is not None:
-            verify_seal(bundle)
+        verify_seal(bundle)
         return cls.read_from(bundle)
 
 

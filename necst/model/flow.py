@@ -642,29 +642,18 @@ class FlowModel:
 
     def save(self, out: str | Path, force: bool = False) -> Path:
         """A generator bundle holding the flow level alone."""
-        try:
-            from necst.model.bundle import save_generator
-        except ImportError:  # before the generator bundle module exists: a plain bundle
-            from necst.bundle import BundleWriter
+        from necst.model.bundle import save_generator
 
-            with BundleWriter(out, kind="generator", config={"levels": ["flow"]}, force=force) as w:
-                self.write_to(w)
-            return Path(out)
         return save_generator(out, flow=self, force=force)
 
     @classmethod
     def load(cls, path: str | Path) -> "FlowModel":
-        """The flow level of any generator bundle that holds one (hashes verified)."""
+        """The flow level of any generator bundle that holds one (every file and the manifest verified)."""
         from necst.bundle import load
+        from necst.model.bundle import verify_seal
 
         bundle = load(path, kind="generator")
-        try:
-            from necst.model.bundle import SEAL, verify_seal
-        except ImportError:
-            pass
-        else:
-            if SEAL in bundle.files:
-                verify_seal(bundle)
+        verify_seal(bundle)
         if "flow_config.json" not in bundle.files:
             raise NecstError("bundle holds no flow level", path)
         return cls.read_from(bundle)
