@@ -275,8 +275,11 @@ def load_dataset(path: str | Path, *, idle_timeout: float = 120.0, active_timeou
     packets = pa.Table.from_batches(batches, schema=PACKET_SCHEMA)
     flows = pa.concat_tables(flow_parts).cast(FLOW_SCHEMA).sort_by("flow_id") if flow_parts \
         else FLOW_SCHEMA.empty_table()
-    meta = {"inputs": [{"path": str(path), "packets": reader.packets, "linktypes": sorted(reader.linktypes),
-                        "warnings": reader.warnings}], "warnings": reader.warnings}
+    entry = {"path": str(path), "sha256": reader.sha256, "size": path.stat().st_size,
+             "format": reader.format, "compressed": reader.compressed, "packets": reader.packets,
+             "flows": flows.num_rows, "linktypes": sorted(reader.linktypes), "warnings": reader.warnings}
+    meta = {"necst_version": __version__, "schema_version": SCHEMA_VERSION, "inputs": [entry],
+            "packets": reader.packets, "flows": flows.num_rows, "warnings": reader.warnings}
     return Dataset(packets, flows, meta)
 
 
