@@ -54,7 +54,7 @@ import pandas as pd
 from necst.errors import BundleError, NecstError
 from necst.model.mixture import DEFAULT_CANDIDATES, Mixture
 from necst.model.vae import DenseStack, TrainedVAE, activate, train_vae
-from necst.process.features import (NOT_TCP, FeatureSpec, categorical, flag_bits,
+from necst.process.features import (NOT_TCP, FeatureSpec, categorical, flag_bits, packet_categoricals,
                                     packet_features)
 
 KINDS = ("tcp", "udp", "noflow")
@@ -148,12 +148,7 @@ def model_spec(min_port_frequency: float = 1e-4) -> FeatureSpec:
     """The FeatureSpec of the packet VAE (see the module docstring); ``*_bin`` columns are
     the ``QuantileBins`` classes of payload_len and gap_s."""
     return FeatureSpec([
-        categorical("kind", decode_other=False),
-        categorical("app"),
-        categorical("flag_combo", given="kind", decode_other=False),
-        categorical("src_port", given="kind", min_frequency=min_port_frequency),
-        categorical("dst_port", given="kind", min_frequency=min_port_frequency),
-        categorical("direction", decode_other=False, dtype="uint8"),
+        *packet_categoricals(min_port_frequency),
         categorical("hdr_len", given="kind", decode_other=False, dtype="int64"),
         categorical("payload_len_bin", decode_other=False, dtype="int64"),
         categorical("gap_s_bin", decode_other=False, dtype="int64"),

@@ -604,13 +604,21 @@ def packet_spec(min_port_frequency: float = 1e-4) -> FeatureSpec:
         continuous("pkts_1s", log=True, eps=1.0, integer=True),
         continuous("bytes_60s", log=True, eps=1.0, integer=True),
         continuous("pkts_60s", log=True, eps=1.0, integer=True),
+        *packet_categoricals(min_port_frequency),
+    ])
+
+
+def packet_categoricals(min_port_frequency: float = 1e-4) -> list:
+    """The categorical heads every packet-level spec shares: kind, app, flags and ports given the
+    kind, direction."""
+    return [
         categorical("kind", decode_other=False),
         categorical("app"),
         categorical("flag_combo", given="kind", decode_other=False),
         categorical("src_port", given="kind", min_frequency=min_port_frequency),
         categorical("dst_port", given="kind", min_frequency=min_port_frequency),
         categorical("direction", decode_other=False, dtype="uint8"),
-    ])
+    ]
 
 
 def flow_spec(min_port_frequency: float = 1e-3) -> FeatureSpec:
