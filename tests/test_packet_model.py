@@ -2,7 +2,6 @@
 against Keras, mixtures and bins. Training runs on ~1,300 synthetic packets, 15 short epochs."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -203,13 +202,11 @@ def test_distances_are_zero_on_identical_tables(feats):
     assert all(v == pytest.approx(0.0, abs=1e-12) for v in d.values())
 
 
-@pytest.mark.skipif(importlib.util.find_spec("necst.model.flow") is not None,
-                    reason="the flow level exists in this version")
-def test_missing_level_is_a_clear_error(tmp_path):
+def test_unknown_level_is_a_clear_error(tmp_path):
     from necst.model.bundle import train_generator
 
-    with pytest.raises(NecstError, match="level flow is not available in this version"):
-        train_generator(tmp_path / "nope", tmp_path / "out", "flow")
+    with pytest.raises(NecstError, match="unknown level 'flows'"):
+        train_generator(tmp_path / "nope", tmp_path / "out", "flows")
 
 
 @pytest.fixture(scope="module")

@@ -45,19 +45,11 @@ def dataset_fingerprint(meta: dict) -> str:
 
 
 def level_class(level: str):
-    """The model class of a level, or a clear error if this necst does not have it."""
+    """The model class of a level (imported only when asked for: the levels load TensorFlow)."""
     if level not in LEVEL_CLASSES:
         raise NecstError(f"unknown level {level!r}; choose from {', '.join(LEVELS)}")
     module, name = LEVEL_CLASSES[level]
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise NecstError(f"level {level} is not available in this version") from None
-        raise
-    if not hasattr(mod, name):
-        raise NecstError(f"level {level} is not available in this version")
-    return getattr(mod, name)
+    return getattr(importlib.import_module(module), name)
 
 
 def _seal(config: dict, necst_version: str) -> dict:
