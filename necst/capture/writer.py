@@ -168,23 +168,17 @@ class CaptureWriter:
         self._last_ts = int(ts[-1])
 
     def _write_copy(self, batch: RawBatch, ts, cap, wire, head: int, total) -> None:
-        """Any RawBatch: headers as one array, packet bytes joined record by record."""
+        """Any RawBatch: record headers and packet bytes placed into one array, then one write."""
         starts = np.concatenate([[0], np.cumsum(total)[:-1]]).astype(np.int64)
-        hdr = np.zeros(int(total.sum()), np.uint8)
-        self._fill_headers(hdr, starts, ts, cap, wire, total)
-        mv = memoryview(hdr)
-        data = memoryview(batch.data)
-        pieces = []
-        offs = batch.offsets.tolist()
-        caps = cap.tolist()
-        st = starts.tolist()
-        tot = total.tolist()
-        for i in range(len(offs)):
-            s = st[i]
-            pieces.append(mv[s:s + head])
-            pieces.append(data[offs[i]:offs[i] + caps[i]])
-            pieces.append(mv[s + head + caps[i]:s + tot[i]])
-        self._f.write(b"".join(pieces))
+        out = np.zeros(int(total.sum()), np.uint8)
+        self._fill_headers(out, starts, ts, cap, wire, total)
+        caps = cap.astype(np.int64)
+        n = int(caps.sum())
+        if n:
+            within = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum(caps) - caps, caps)
+            src = np.repeat(batch.offsets.astype(np.int64), caps) + within
+            out[np.repeat(starts + head, caps) + within] = np.asarray(batch.data)[src]
+        self._f.write(out.tobytes())
 
     def close(self) -> Path:
         """Flush and rename into place; returns the final path."""
