@@ -189,7 +189,7 @@ class CaptureReader:
         if len(rest) < 20:
             raise CaptureError("pcap file header cut short (under 24 bytes)", self.path)
         major, minor, _zone, _sigfigs, snaplen, network = struct.unpack(order + "HHiIII", rest)
-        if major not in (2, 543):  # 543: an old byte-swapped-version quirk libpcap accepts
+        if major != 2:  # as Wireshark's reader: every pcap writer in use writes 2.4
             raise CaptureError(f"pcap header names version {major}.{minor}, not 2.x", self.path)
         if network & 0x03FF0000:
             raise CaptureError(f"pcap header's link-type field has reserved bits set ({network:#010x})", self.path)
