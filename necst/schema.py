@@ -5,6 +5,7 @@ stage reads them, and tests check written files against them.
 """
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 _dict_str = pa.dictionary(pa.int32(), pa.string())
@@ -90,5 +91,69 @@ TCP_FLAG_BITS = {"FIN": 0x001, "SYN": 0x002, "RST": 0x004, "PSH": 0x008, "ACK": 
                  "URG": 0x020, "ECE": 0x040, "CWR": 0x080, "NS": 0x100}
 
 
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A table with no rows; pyarrow's Schema.empty_table() imports pandas (a quarter-second)."""
+    return pa.Table.from_batches([], schema=schema)
+
+
+# pa.array() asks pandas whether its input is a pandas object, importing it (a quarter-second
+# of every `necst process`); the stages build their columns from buffers instead.
+def arrow_array(values, typ: pa.DataType, mask: np.ndarray | None = None) -> pa.Array:
+    """A fixed-width numpy column as an arrow array; null where mask is True."""
+    values = np.ascontiguousarray(values, dtype=NUMPY_DTYPE[typ])
+    data = np.packbits(values, bitorder="little") if typ == pa.bool_() else values
+    validity, nulls = None, 0
+    if mask is not None:
+        nulls = int(np.count_nonzero(mask))
+        if nulls:
+            validity = pa.py_buffer(np.packbits(~np.asarray(mask, bool), bitorder="little"))
+    return pa.Array.from_buffers(typ, len(values), [validity, pa.py_buffer(data)], null_count=nulls)
+
+
+def numpy_column(column: pa.Array | pa.ChunkedArray, fill=None) -> np.ndarray:
+    """A fixed-width arrow column as numpy, nulls replaced by fill (which a column with nulls needs).
+
+    Zero-copy for one chunk without nulls; pyarrow's own to_numpy() imports pandas.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    dtype = NUMPY_DTYPE[column.type]
+    n, offset = len(column), column.offset
+    if n == 0:
+        return np.empty(0, dtype)
+    validity, data = column.buffers()[:2]
+    if column.type == pa.bool_():
+        values = np.unpackbits(np.frombuffer(data, np.uint8), count=offset + n, bitorder="little")[offset:].astype(bool)
+    else:
+        values = np.frombuffer(data, dtype, count=n, offset=offset * dtype.itemsize)
+    if column.null_count:
+        if fill is None:
+            raise ValueError("column has nulls: give a fill value")
+        valid = np.unpackbits(np.frombuffer(validity, np.uint8), count=offset + n, bitorder="little")[offset:]
+        values = np.where(valid.astype(bool), values, np.asarray(fill).astype(dtype))
+    return values
+
+
+def string_array(values) -> pa.Array:
+    """Python strings as an arrow string array (no nulls)."""
+    encoded = [str(v).encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(encoded),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def null_array(n: int, typ: pa.DataType) -> pa.Array:
+    """n nulls of a fixed-width type."""
+    return arrow_array(np.zeros(n, NUMPY_DTYPE[typ]), typ, np.ones(n, bool))
+
+
 def empty_packets() -> pa.Table:
-    return PACKET_SCHEMA.empty_table()
+    return empty_table(PACKET_SCHEMA)
+
+
+# numpy dtype of each fixed-width column type: pyarrow's own to_pandas_dtype() imports pandas.
+NUMPY_DTYPE = {t: np.dtype(d) for t, d in [
+    (pa.bool_(), np.bool_), (pa.int8(), np.int8), (pa.int16(), np.int16), (pa.int32(), np.int32),
+    (pa.int64(), np.int64), (pa.uint8(), np.uint8), (pa.uint16(), np.uint16), (pa.uint32(), np.uint32),
+    (pa.uint64(), np.uint64), (pa.float32(), np.float32), (pa.float64(), np.float64)]}

@@ -471,8 +471,9 @@ def app_dictionary(codes: np.ndarray):
     """The codes as the PacketTable's ``app`` column (a pyarrow dictionary array)."""
     import pyarrow as pa
 
-    return pa.DictionaryArray.from_arrays(
-        pa.array(np.asarray(codes, dtype=np.int32)), pa.array(list(APP_LABELS), pa.string()))
+    from necst.schema import arrow_array, string_array
+
+    return pa.DictionaryArray.from_arrays(arrow_array(codes, pa.int32()), string_array(APP_LABELS))
 
 
 # --- Scapy layers ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from necst.capture.reader import CaptureReader
 from necst.errors import DatasetError, NecstError, OutputExistsError
 from necst.process.decode import decode
 from necst.process.flows import FlowMeter
-from necst.schema import FLOW_SCHEMA, PACKET_SCHEMA
+from necst.schema import FLOW_SCHEMA, PACKET_SCHEMA, empty_table, numpy_column
 
 PACKETS_FILE, FLOWS_FILE, META_FILE = "packets.parquet", "flows.parquet", "meta.json"
 # Dictionary pages only for the dictionary-typed string columns: numeric columns (timestamps,
@@ -114,7 +114,7 @@ def _process_one(path: Path, index: int, out_dir: Path, idle_timeout: float, act
             first_ts = lo if first_ts is None else min(first_ts, lo)
             last_ts = hi if last_ts is None else max(last_ts, hi)
             writer.write_batch(packets)
-    flows = pa.concat_tables(flows_parts).cast(FLOW_SCHEMA) if flows_parts else FLOW_SCHEMA.empty_table()
+    flows = pa.concat_tables(flows_parts).cast(FLOW_SCHEMA) if flows_parts else empty_table(FLOW_SCHEMA)
     flows = flows.sort_by("flow_id")
     pq.write_table(flows, out_dir / FLOWS_FILE, **_PARQUET_OPTS)
     return {
@@ -262,7 +262,7 @@ def load_dataset(path: str | Path, *, idle_timeout: float = 120.0, active_timeou
         meta_path = path / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         flows_path = path / FLOWS_FILE
-        flows = pq.read_table(flows_path) if flows_path.is_file() else FLOW_SCHEMA.empty_table()
+        flows = pq.read_table(flows_path) if flows_path.is_file() else empty_table(FLOW_SCHEMA)
         return Dataset(pq.read_table(path / PACKETS_FILE), flows, meta)
     paths = _check_inputs([path])
     reader = CaptureReader(paths[0])
@@ -274,7 +274,7 @@ def load_dataset(path: str | Path, *, idle_timeout: float = 120.0, active_timeou
             flow_parts.append(ended)
     packets = pa.Table.from_batches(batches, schema=PACKET_SCHEMA)
     flows = pa.concat_tables(flow_parts).cast(FLOW_SCHEMA).sort_by("flow_id") if flow_parts \
-        else FLOW_SCHEMA.empty_table()
+        else empty_table(FLOW_SCHEMA)
     entry = {"path": str(path), "sha256": reader.sha256, "size": path.stat().st_size,
              "format": reader.format, "compressed": reader.compressed, "packets": reader.packets,
              "flows": flows.num_rows, "linktypes": sorted(reader.linktypes), "warnings": reader.warnings}
@@ -294,5 +294,5 @@ def read_flows(path: str | Path) -> pa.Table:
 
 
 def flow_ids_are_rows(flows: pa.Table) -> bool:
-    ids = flows.column("flow_id").to_numpy()
+    ids = numpy_column(flows.column("flow_id"))
     return bool(np.array_equal(ids, np.arange(len(ids))))

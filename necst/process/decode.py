@@ -12,9 +12,10 @@ import ipaddress
 import numpy as np
 import pyarrow as pa
 
+from necst._factorize import factorize
 from necst.capture.batch import RawBatch
 from necst.process.apps import app_dictionary, label_apps
-from necst.schema import PACKET_SCHEMA
+from necst.schema import PACKET_SCHEMA, arrow_array, null_array, string_array
 
 PAYLOAD_HEAD = 16  # transport-payload bytes kept for application signatures
 
@@ -207,16 +208,14 @@ def _format_macs(b: _Bytes, base: np.ndarray, valid: np.ndarray) -> tuple[pa.Arr
 
 def _dictionary(keys: np.ndarray, valid: np.ndarray, fmt) -> pa.Array:
     """Format only the distinct keys (hash-factorized, in order of first appearance), then index them."""
-    import pandas as pd  # hash factorization beats sorting; the flow stage imports pandas anyway
-
     n = len(keys)
     indices = np.zeros(n, dtype=np.int32)
     words: list[str] = []
     if valid.any():
-        codes, uniq = pd.factorize(keys[valid])
+        codes, uniq = factorize(keys[valid])
         indices[valid] = codes
         words = [fmt(v) for v in uniq]
-    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=~valid), pa.array(words, type=pa.string()))
+    return pa.DictionaryArray.from_arrays(arrow_array(indices, pa.int32(), ~valid), string_array(words))
 
 
 def _format_ips(v4: np.ndarray, v6hi: np.ndarray, v6lo: np.ndarray, is4: np.ndarray, is6: np.ndarray) -> pa.Array:
@@ -347,14 +346,14 @@ def decode(batch: RawBatch) -> pa.RecordBatch:
     eth_src, eth_dst = _format_macs(b, eth_base, eth_ok)
 
     def col(values, valid, typ):
-        return pa.array(np.asarray(values).astype(typ.to_pandas_dtype()), type=typ, mask=~valid)
+        return arrow_array(values, typ, ~valid)
 
     cols = {
-        "ts_ns": pa.array(batch.ts_ns, type=pa.int64()),
-        "wire_len": pa.array(batch.wire_len, type=pa.uint32()),
-        "cap_len": pa.array(batch.cap_len, type=pa.uint32()),
-        "linktype": pa.array(linktype, type=pa.uint16()),
-        "file_index": pa.array(np.full(n, batch.file_index, dtype=np.uint16)),
+        "ts_ns": arrow_array(batch.ts_ns, pa.int64()),
+        "wire_len": arrow_array(batch.wire_len, pa.uint32()),
+        "cap_len": arrow_array(batch.cap_len, pa.uint32()),
+        "linktype": arrow_array(linktype, pa.uint16()),
+        "file_index": arrow_array(np.full(n, batch.file_index), pa.uint16()),
         "eth_src": eth_src,
         "eth_dst": eth_dst,
         "vlan_id": col(vlan_id, vlan_ok, pa.uint16()),
@@ -380,9 +379,9 @@ def decode(batch: RawBatch) -> pa.RecordBatch:
         "l4_hdr_len": col(l4_hdr_len, l4_known, pa.uint32()),
         "payload_len": col(payload_len, l4_known, pa.uint32()),
         "app": app,
-        "flow_id": pa.nulls(n, pa.int64()),
-        "direction": pa.nulls(n, pa.uint8()),
-        "flow_pos": pa.nulls(n, pa.uint32()),
-        "flow_iat_ns": pa.nulls(n, pa.int64()),
+        "flow_id": null_array(n, pa.int64()),
+        "direction": null_array(n, pa.uint8()),
+        "flow_pos": null_array(n, pa.uint32()),
+        "flow_iat_ns": null_array(n, pa.int64()),
     }
     return pa.RecordBatch.from_arrays([cols[f.name] for f in PACKET_SCHEMA], schema=PACKET_SCHEMA)

@@ -37,11 +37,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from necst.schema import FLOW_COLUMNS_OF_PACKETS, FLOW_SCHEMA, PACKET_SCHEMA
+from necst._factorize import factorize
+from necst.schema import (FLOW_COLUMNS_OF_PACKETS, FLOW_SCHEMA, PACKET_SCHEMA, arrow_array, empty_table,
+                          numpy_column, string_array)
 
 KINDS = ("tcp", "udp", "noflow")
 END_REASONS = ("idle", "active", "fin", "rst", "eof")
@@ -81,15 +82,15 @@ class _Interner:
             if mapping.size == 0:
                 out.append(np.full(len(chunk), -1, np.int64))
             elif chunk.null_count == 0:
-                out.append(mapping[chunk.indices.to_numpy()])
+                out.append(mapping[numpy_column(chunk.indices)])
             else:
-                idx = pc.fill_null(chunk.indices, -1).to_numpy().astype(np.int64)
+                idx = numpy_column(chunk.indices, fill=-1).astype(np.int64)
                 out.append(np.where(idx >= 0, mapping[np.maximum(idx, 0)], -1))
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
     def decode(self, codes: np.ndarray) -> pa.Array:
-        indices = pa.array(codes.astype(np.int32), pa.int32(), mask=codes < 0)
-        return pa.DictionaryArray.from_arrays(indices, pa.array(self.values, pa.string())).cast(pa.string())
+        indices = arrow_array(codes, pa.int32(), codes < 0)
+        return pa.DictionaryArray.from_arrays(indices, string_array(self.values)).cast(pa.string())
 
 
 def _num(table: pa.Table, name: str, fill: int = -1) -> np.ndarray:
@@ -97,9 +98,9 @@ def _num(table: pa.Table, name: str, fill: int = -1) -> np.ndarray:
         return np.full(table.num_rows, fill, np.int64)
     col = table.column(name)
     if col.null_count == 0:
-        return col.to_numpy().astype(np.int64, copy=False)
-    values = pc.fill_null(col, 0).to_numpy().astype(np.int64)
-    values[col.is_null().to_numpy(zero_copy_only=False)] = fill
+        return numpy_column(col).astype(np.int64, copy=False)
+    values = numpy_column(col, fill=0).astype(np.int64)
+    values[numpy_column(col.is_null())] = fill
     return values
 
 
@@ -114,14 +115,14 @@ def _group_keys(w1: np.ndarray, w2: np.ndarray, w3: np.ndarray) -> np.ndarray:
              ^ w2.view(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
              ^ w3.view(np.uint64) * np.uint64(0x165667B19E3779F9))
         h ^= h >> np.uint64(29)
-    codes, uniq = pd.factorize(h)
+    codes, uniq = factorize(h)
     first = np.empty(len(uniq), np.int64)
     first[codes[::-1]] = np.arange(codes.size - 1, -1, -1)
     rep = first[codes]
     if (np.array_equal(w1, w1[rep]) and np.array_equal(w2, w2[rep]) and np.array_equal(w3, w3[rep])):
         return codes.astype(np.int64, copy=False)
-    c12 = pd.factorize(pd.factorize(w1)[0].astype(np.int64) * (w2.size + 1) + pd.factorize(w2)[0])[0]
-    return pd.factorize(c12.astype(np.int64) * (w3.size + 1) + pd.factorize(w3)[0])[0].astype(np.int64)
+    c12 = factorize(factorize(w1)[0].astype(np.int64) * (w2.size + 1) + factorize(w2)[0])[0]
+    return factorize(c12.astype(np.int64) * (w3.size + 1) + factorize(w3)[0])[0].astype(np.int64)
 
 
 class _NextTrue:
@@ -176,7 +177,7 @@ class FlowMeter:
             raise ValueError("idle_timeout and active_timeout must be positive")
         self._ips, self._macs, self._apps = _Interner(), _Interner(), _Interner()
         self._tick_ns, self._next_id = int(np.iinfo(np.int64).min), 0
-        self._held = FLOW_SCHEMA.empty_table()
+        self._held = empty_table(FLOW_SCHEMA)
         self._idle_ms = int(round(self.idle_timeout * 1000))
         self._active_ms = int(round(self.active_timeout * 1000))
         self._state = {k: np.empty(0, np.int64) for k in _STATE}
@@ -193,7 +194,7 @@ class FlowMeter:
         about 100k packets (the reader's) keep the carried state a small share of the work."""
         n = packets.num_rows
         if n == 0:
-            return PACKET_FLOW_SCHEMA.empty_table(), FLOW_SCHEMA.empty_table()
+            return empty_table(PACKET_FLOW_SCHEMA), empty_table(FLOW_SCHEMA)
         batch = self._encode(packets)
         return self._meter(batch)
 
@@ -460,10 +461,10 @@ class FlowMeter:
 
         pkt = pa.table(
             {
-                "flow_id": pa.array(per_packet["flow_id"], pa.int64()),
-                "direction": pa.array(per_packet["direction"].astype(np.uint8), pa.uint8()),
-                "flow_pos": pa.array(per_packet["flow_pos"].astype(np.uint32), pa.uint32()),
-                "flow_iat_ns": pa.array(per_packet["flow_iat_ns"], pa.int64()),
+                "flow_id": arrow_array(per_packet["flow_id"], pa.int64()),
+                "direction": arrow_array(per_packet["direction"].astype(np.uint8), pa.uint8()),
+                "flow_pos": arrow_array(per_packet["flow_pos"].astype(np.uint32), pa.uint32()),
+                "flow_iat_ns": arrow_array(per_packet["flow_iat_ns"], pa.int64()),
             },
             schema=PACKET_FLOW_SCHEMA,
         )
@@ -479,7 +480,7 @@ class FlowMeter:
         pool = pa.concat_tables([self._held, ended]).sort_by("flow_id") if ended.num_rows else self._held
         ids = self._state["flow_id"]
         cut = pool.num_rows if ids.size == 0 else int(np.searchsorted(
-            pool.column("flow_id").to_numpy(), ids.min()))
+            numpy_column(pool.column("flow_id")), ids.min()))
         self._held = pool.slice(cut)
         return pool.slice(0, cut)
 
@@ -489,7 +490,7 @@ class FlowMeter:
         if group.size == 0:
             return np.empty((0, 3), np.int64)
         napps = max(len(self._apps.values), 1)
-        codes, combos = pd.factorize(group * napps + app)
+        codes, combos = factorize(group * napps + app)
         count = np.bincount(codes, weights=weight, minlength=len(combos)).astype(np.int64)
         combos = np.asarray(combos, np.int64)
         return np.stack([combos // napps, combos % napps, count], axis=1)
@@ -520,24 +521,24 @@ class FlowMeter:
 
         def opt(values, typ):
             v = np.asarray(values)
-            return pa.array(np.maximum(v, 0).astype(typ.to_pandas_dtype()), typ, mask=v < 0)
+            return arrow_array(np.maximum(v, 0), typ, v < 0)
 
         def first_ms(vals):
             v = np.asarray(vals)
-            return pa.array(np.where(v >= _BIG, 0, v), pa.int64(), mask=v >= _BIG)
+            return arrow_array(np.where(v >= _BIG, 0, v), pa.int64(), v >= _BIG)
 
         def last_ms(vals):
             v = np.asarray(vals)
-            return pa.array(np.maximum(v, 0), pa.int64(), mask=v < 0)
+            return arrow_array(np.maximum(v, 0), pa.int64(), v < 0)
 
         app_names = self._apps.values + ["unknown"]
         unknown = self._apps.index.get("unknown", len(self._apps.values))
         used, app_inv = np.unique(np.where(app >= 0, app, unknown), return_inverse=True)
-        app_dict = pa.array([app_names[i] for i in used], pa.string())
+        app_dict = string_array([app_names[i] for i in used])
         hs = (g["syn0"] > 0) & (g["synack_pos"] < g["ack_pos"]) & (g["ack_pos"] < _BIG)
         cols = {
-            "flow_id": pa.array(g["flow_id"], pa.int64()),
-            "kind": pa.DictionaryArray.from_arrays(pa.array(g["kind"], pa.int32()), pa.array(KINDS)),
+            "flow_id": arrow_array(g["flow_id"], pa.int64()),
+            "kind": pa.DictionaryArray.from_arrays(arrow_array(g["kind"], pa.int32()), string_array(KINDS)),
             "src_ip": self._ips.decode(g["src_ip"]),
             "dst_ip": self._ips.decode(g["dst_ip"]),
             "src_port": opt(g["src_port"], pa.uint16()),
@@ -548,25 +549,25 @@ class FlowMeter:
             "src_mac": self._macs.decode(g["src_mac"]),
             "dst_mac": self._macs.decode(g["dst_mac"]),
             "ethertype": opt(g["ethertype"], pa.uint16()),
-            "bidirectional_first_seen_ms": pa.array(g["first_ms"], pa.int64()),
-            "bidirectional_last_seen_ms": pa.array(g["last_ms"], pa.int64()),
-            "bidirectional_duration_ms": pa.array(g["last_ms"] - g["first_ms"], pa.int64()),
-            "bidirectional_packets": pa.array(g["s2d_packets"] + g["d2s_packets"], pa.uint64()),
-            "bidirectional_bytes": pa.array(g["s2d_bytes"] + g["d2s_bytes"], pa.uint64()),
+            "bidirectional_first_seen_ms": arrow_array(g["first_ms"], pa.int64()),
+            "bidirectional_last_seen_ms": arrow_array(g["last_ms"], pa.int64()),
+            "bidirectional_duration_ms": arrow_array(g["last_ms"] - g["first_ms"], pa.int64()),
+            "bidirectional_packets": arrow_array(g["s2d_packets"] + g["d2s_packets"], pa.uint64()),
+            "bidirectional_bytes": arrow_array(g["s2d_bytes"] + g["d2s_bytes"], pa.uint64()),
             "src2dst_first_seen_ms": first_ms(g["s2d_first_ms"]),
             "src2dst_last_seen_ms": last_ms(g["s2d_last_ms"]),
-            "src2dst_packets": pa.array(g["s2d_packets"], pa.uint64()),
-            "src2dst_bytes": pa.array(g["s2d_bytes"], pa.uint64()),
+            "src2dst_packets": arrow_array(g["s2d_packets"], pa.uint64()),
+            "src2dst_bytes": arrow_array(g["s2d_bytes"], pa.uint64()),
             "dst2src_first_seen_ms": first_ms(g["d2s_first_ms"]),
             "dst2src_last_seen_ms": last_ms(g["d2s_last_ms"]),
-            "dst2src_packets": pa.array(g["d2s_packets"], pa.uint64()),
-            "dst2src_bytes": pa.array(g["d2s_bytes"], pa.uint64()),
-            "first_seen_ns": pa.array(g["first_ns"], pa.int64()),
-            "last_seen_ns": pa.array(g["last_ns"], pa.int64()),
-            "app": pa.DictionaryArray.from_arrays(pa.array(app_inv.ravel(), pa.int32()), app_dict),
-            "end_reason": pa.DictionaryArray.from_arrays(pa.array(reason, pa.int32()),
-                                                         pa.array(END_REASONS)),
-            "handshake": pa.array(hs, pa.bool_()),
+            "dst2src_packets": arrow_array(g["d2s_packets"], pa.uint64()),
+            "dst2src_bytes": arrow_array(g["d2s_bytes"], pa.uint64()),
+            "first_seen_ns": arrow_array(g["first_ns"], pa.int64()),
+            "last_seen_ns": arrow_array(g["last_ns"], pa.int64()),
+            "app": pa.DictionaryArray.from_arrays(arrow_array(app_inv.ravel(), pa.int32()), app_dict),
+            "end_reason": pa.DictionaryArray.from_arrays(arrow_array(reason, pa.int32()),
+                                                         string_array(END_REASONS)),
+            "handshake": arrow_array(hs, pa.bool_()),
         }
         return pa.table(cols, schema=FLOW_SCHEMA)
 
