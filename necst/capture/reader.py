@@ -244,8 +244,8 @@ class CaptureReader:
                     rec_len: int, linktype: int) -> RawBatch:
         data = self._array(buf)
         dt = np.dtype(order + "u4")
-        rows = np.lib.stride_tricks.sliding_window_view(data, 16)
-        hdr = np.ascontiguousarray(rows[offsets]).view(dt)  # (n, 4): sec, frac, caplen, wirelen
+        records = np.ndarray((length - 15,), np.dtype((np.void, 16)), data, strides=(1,))  # one at every byte
+        hdr = records[offsets].view(dt).reshape(-1, 4)  # (n, 4): sec, frac, caplen, wirelen
         sec = hdr[:, 0].astype(np.int64)
         frac = hdr[:, 1].astype(np.int64)
         ts = sec * 1_000_000_000 + (frac if nanos else frac * 1000)
