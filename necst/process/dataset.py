@@ -31,7 +31,8 @@ PACKETS_FILE, FLOWS_FILE, META_FILE = "packets.parquet", "flows.parquet", "meta.
 # sequence numbers) gain nothing from them and cost a third of the write time.
 _DICT_COLUMNS = [f.name for s in (PACKET_SCHEMA, FLOW_SCHEMA) for f in s if pa.types.is_dictionary(f.type)]
 # Statistics (min/max per row group) only where readers filter: time, file and flow.
-_PARQUET_OPTS = dict(compression="zstd", compression_level=1, use_dictionary=_DICT_COLUMNS,
+# LZ4: the cheapest codec to write (a third less CPU than zstd level 1, for files half again larger).
+_PARQUET_OPTS = dict(compression="lz4", use_dictionary=_DICT_COLUMNS,
                      write_statistics=["ts_ns", "file_index", "flow_id", "bidirectional_first_seen_ms"],
                      data_page_size=4 << 20)
 
