@@ -347,23 +347,31 @@ def _scale_pow2(frac: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def _walk_pcap(buf: bytearray, end: int, order: str, rec_len: int, limit: int):
-    """Offsets of the complete records in buf[:end]; where the walk stopped; a bad captured length or None."""
+    """Offsets of the complete records in buf[:end]; where the walk stopped; a bad captured length or None.
+
+    The loop only follows the chain of captured lengths (the one step that cannot be
+    vectorized); the checks on each record run afterwards over the whole array.
+    """
     caplen_at = struct.Struct(order + "I").unpack_from
     offsets = []
     append = offsets.append
     pos = 0
-    bad = None
-    while pos + rec_len <= end:
-        cl = caplen_at(buf, pos + 8)[0]
-        if cl > limit:
-            bad = cl
-            break
-        nxt = pos + rec_len + cl
-        if nxt > end:
-            break
+    last = end - rec_len
+    while pos <= last:
+        (cl,) = caplen_at(buf, pos + 8)
         append(pos)
-        pos = nxt
-    return np.array(offsets, dtype=np.int64), pos, bad
+        pos += rec_len + cl
+    offsets = np.array(offsets, dtype=np.int64)
+    caplens = np.diff(offsets, append=pos) - rec_len
+    bad = None
+    over = np.flatnonzero(caplens > limit)
+    if len(over):  # stop at the first record with an absurd length
+        k = int(over[0])
+        bad = int(caplens[k])
+        return offsets[:k], int(offsets[k]), bad
+    if pos > end:  # the last record runs past the data read so far
+        return offsets[:-1], int(offsets[-1]), None
+    return offsets, pos, None
 
 
 class _PcapngState:
