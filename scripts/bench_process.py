@@ -34,12 +34,11 @@ TSHARK_FIELDS = ["frame.time_epoch", "frame.len", "frame.cap_len", "eth.src", "e
                  "tcp.window_size_value", "icmp.type", "icmp.code"]
 
 NECST_PACKETS = """
-import sys, pyarrow.parquet as pq
+import sys
 from necst.capture.reader import CaptureReader
-from necst.process.dataset import _PARQUET_OPTS
+from necst.process.dataset import PacketsWriter
 from necst.process.decode import decode
-from necst.schema import PACKET_SCHEMA
-with pq.ParquetWriter(sys.argv[2], PACKET_SCHEMA, **_PARQUET_OPTS) as w:
+with PacketsWriter(sys.argv[2]) as w:
     for raw in CaptureReader(sys.argv[1]):
         w.write_batch(decode(raw))
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -98,13 +99,48 @@ def _meter_batches(reader: CaptureReader, idle_timeout: float, active_timeout: f
     yield None, meter.finish()
 
 
+class PacketsWriter:
+    """packets.parquet, written row group by row group on a second thread.
+
+    pyarrow releases the GIL while it encodes and compresses, so writing one batch overlaps
+    with reading and decoding the next; at most one batch waits, so memory stays bounded.
+    """
+
+    def __init__(self, path: Path):
+        self._writer = pq.ParquetWriter(path, PACKET_SCHEMA, **_PARQUET_OPTS)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="necst-parquet")
+        self._pending: Future | None = None
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        self._wait()
+        self._pending = self._thread.submit(self._writer.write_batch, batch)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a failed write here
+
+    def close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self._thread.shutdown()
+            self._writer.close()
+
+    def __enter__(self) -> "PacketsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _process_one(path: Path, index: int, out_dir: Path, idle_timeout: float, active_timeout: float,
                  progress=None) -> dict:
     """Process one capture into out_dir/packets.parquet and flows.parquet; return its meta entry."""
     reader = CaptureReader(path, file_index=index)
     flows_parts: list[pa.Table] = []
     first_ts = last_ts = None
-    with pq.ParquetWriter(out_dir / PACKETS_FILE, PACKET_SCHEMA, **_PARQUET_OPTS) as writer:
+    with PacketsWriter(out_dir / PACKETS_FILE) as writer:
         for packets, ended in _meter_batches(reader, idle_timeout, active_timeout, progress):
             if ended is not None and ended.num_rows:
                 flows_parts.append(ended)
