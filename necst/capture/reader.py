@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 import weakref
 import zlib
 from pathlib import Path
@@ -40,27 +41,50 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 class _HashingFile:
-    """A file whose bytes are hashed as they are read, so meta.json's sha256 costs no second read."""
+    """A file whose bytes are hashed as they are read, so meta.json's sha256 costs no second read.
+
+    The hash runs on a second thread (hashlib releases the GIL) while the caller walks and
+    decodes what was read; every read first waits for the previous hash, and a caller that
+    writes into a buffer it read into calls `settle` first.
+    """
 
     def __init__(self, f: BinaryIO):
         self.f = f
-        self.hash = hashlib.sha256()
+        self._hash = hashlib.sha256()
         self.at_end = False
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="necst-sha256")
+        self._pending: Future | None = None
+
+    @property
+    def hash(self):
+        self.settle()
+        return self._hash
+
+    def settle(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def read(self, n: int = -1) -> bytes:
+        self.settle()
         b = self.f.read(n)
-        self.hash.update(b)
+        self._hash.update(b)
         self.at_end |= n < 0 or len(b) < n
         return b
 
     def readinto(self, view) -> int:
+        self.settle()
         k = self.f.readinto(view)
-        self.hash.update(view[:k])
+        self._pending = self._thread.submit(self._hash.update, view[:k])
         self.at_end |= k < len(view)
         return k
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            self.settle()
+        finally:
+            self._thread.shutdown()
+            self.f.close()
 
     def __enter__(self):
         return self
@@ -129,6 +153,8 @@ class CaptureReader:
             if buf is None:
                 buf = bytearray(max(need, standard))
                 pool = [b for b in pool if not self._released(b)][-2:] + [buf]
+            if self._hashing is not None:
+                self._hashing.settle()  # the buffer may still be being hashed
             buf[: len(rest)] = rest
             got, broken = self._fill(f, memoryview(buf)[len(rest) : len(rest) + self.chunk_bytes])
             if not got:
