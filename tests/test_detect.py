@@ -98,6 +98,20 @@ def test_streamed_batches_give_the_windows_of_one_pass():
         np.testing.assert_allclose(s.X, whole.X, rtol=1e-12, atol=1e-12)
 
 
+def test_stream_keeps_a_late_packet_and_checks_its_origin():
+    from necst.detect.windows import WindowStream
+
+    t = normal_traffic(10, seed=5)
+    ts = t.column("ts_ns").to_numpy()
+    late = t.slice(0, 1)  # the first packet again, after windows past it were emitted
+    s = WindowStream(width_s=1.0, stride_s=1.0)  # one window per packet: packets are conserved
+    blocks = [s.feed(t), s.feed(late), s.flush()]
+    counted = sum(b.X[:, 0].sum() for b in blocks)
+    assert counted == t.num_rows + 1
+    with pytest.raises(NecstError, match="before the window origin"):
+        WindowStream(origin_ns=int(ts[5])).feed(t)
+
+
 def test_windows_never_span_files():
     a = normal_traffic(10, seed=1).to_pandas()
     b = normal_traffic(10, seed=2).to_pandas()

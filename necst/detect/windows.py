@@ -27,8 +27,8 @@ from necst.errors import NecstError
 
 # Window features; the ones in LOG_FEATURES are heavy-tailed counts and enter the model as log1p.
 # The fan-outs (max_dst_*_per_src) are not: in normal traffic they are small counts with a short
-# tail (IoT Sentinel training windows: median 1, 99.9th percentile 7, max 10), and a scan's fan-out is exactly the signal that
-# a log would squash.
+# tail (IoT Sentinel training windows: median 1, 99.9th percentile 7, max 10), and a scan's
+# fan-out is exactly the signal that a log would squash.
 WINDOW_FEATURES = [
     "packets", "bytes", "packets_per_s", "bytes_per_s",
     "src_ip_distinct", "dst_ip_distinct", "src_port_distinct", "dst_port_distinct",
