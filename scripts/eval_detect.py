@@ -3,6 +3,12 @@
 held-out part with each attack capture of ../shared/data/attacks spliced in (time-shifted,
 labelled per packet by origin), and print ROC AUC, PR AUC, TPR at FPR 0.001 and detection delay.
 
+The threshold comes from held-out normal training units only (never from the test labels). A
+window is an attack window when it holds any packet of the attack capture, whatever that packet
+is, so an attack file's own benign background caps what any detector can reach: ssh-hydra's last
+packet is an IPv6 mDNS announcement 15 s after the last SSH packet, alone in its two windows;
+icmp-portscan opens with one ordinary ping to the gateway and two to one host before its sweep.
+
 usage: PYTHONPATH=. python scripts/eval_detect.py [--modes window] [--detectors autoencoder isolation_forest]
 """
 from __future__ import annotations
