@@ -53,6 +53,65 @@ def test_window_features_match_brute_force():
     assert u.meta.packets.sum() < 2 * t.num_rows
 
 
+def test_half_open_and_new_flows_match_brute_force():
+    normal = normal_traffic(20, rate=40, seed=4)
+    t, _ = splice(normal, attack_traffic("syn_flood", 2, normal.column("ts_ns")[0].as_py() + 6 * 10**9,
+                                         rate=50))
+    u = window_features(t, width_s=1.0, stride_s=0.5)
+    df = t.to_pandas()
+    df["src_ip"] = df.src_ip.astype(object).fillna("-")
+    df["dst_ip"] = df.dst_ip.astype(object).fillna("-")
+    fl = df.tcp_flags.fillna(0).astype(int)
+    df["syn"] = (df.ip_proto == 6) & ((fl & 2) > 0) & ((fl & 16) == 0)
+    df["est"] = (df.ip_proto == 6) & ((fl & 16) > 0) & ((fl & 6) == 0)
+    ends = [tuple(sorted([(a, b), (c, d)])) for a, b, c, d in
+            zip(df.src_ip, df.src_port.fillna(-1), df.dst_ip, df.dst_port.fillna(-1))]
+    df["flow"] = [(e, p) for e, p in zip(ends, df.ip_proto.fillna(-1))]
+    df["first"] = ~df.flow.duplicated()
+    for _, w in u.meta.iterrows():
+        sel = df[(df.ts_ns >= w.start_ns) & (df.ts_ns < w.end_ns)]
+        new = sel.syn | ((sel.ip_proto != 6) & sel["first"])
+        assert w.new_flows_per_s == new.sum() / 1.0
+        opened = set(sel.flow[sel.syn])
+        est = set(sel.flow[sel.est])
+        assert w.half_open_share == pytest.approx(len(opened - est) / max(len(opened), 1))
+
+
+def test_streamed_batches_give_the_windows_of_one_pass():
+    from necst.detect.windows import stream_windows
+
+    a = normal_traffic(30, seed=1)
+    b = normal_traffic(12, seed=2)
+    b = b.set_column(b.schema.get_field_index("file_index"), "file_index",
+                     pa.array(np.ones(b.num_rows, np.uint16)))
+    scan = attack_traffic("port_scan", 2, a.column("ts_ns")[0].as_py() + 10 * 10**9, rate=300)
+    a, _ = splice(a, scan)
+    table = pa.concat_tables([a, b.cast(a.schema)])
+    for width, stride in ((1.0, 0.5), (1.5, 0.5), (2.0, 2.0)):
+        whole = window_features(table, width_s=width, stride_s=stride)
+        cuts = np.r_[0, np.sort(np.random.default_rng(0).choice(table.num_rows, 25, replace=False)), table.num_rows]
+        batches = [table.slice(x, y - x) for x, y in zip(cuts[:-1], cuts[1:])]
+        s = stream_windows(batches, width_s=width, stride_s=stride)
+        assert s.packets == table.num_rows
+        np.testing.assert_array_equal(s.start_ns, whole.meta.start_ns.to_numpy())
+        np.testing.assert_array_equal(s.file_index, whole.meta.file_index.to_numpy())
+        np.testing.assert_allclose(s.X, whole.X, rtol=1e-12, atol=1e-12)
+
+
+def test_stream_keeps_a_late_packet_and_checks_its_origin():
+    from necst.detect.windows import WindowStream
+
+    t = normal_traffic(10, seed=5)
+    ts = t.column("ts_ns").to_numpy()
+    late = t.slice(0, 1)  # the first packet again, after windows past it were emitted
+    s = WindowStream(width_s=1.0, stride_s=1.0)  # one window per packet: packets are conserved
+    blocks = [s.feed(t), s.feed(late), s.flush()]
+    counted = sum(b.X[:, 0].sum() for b in blocks)
+    assert counted == t.num_rows + 1
+    with pytest.raises(NecstError, match="before the window origin"):
+        WindowStream(origin_ns=int(ts[5])).feed(t)
+
+
 def test_windows_never_span_files():
     a = normal_traffic(10, seed=1).to_pandas()
     b = normal_traffic(10, seed=2).to_pandas()

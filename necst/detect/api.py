@@ -38,7 +38,7 @@ def score_table(packets, det, file: str | Path = "<table>"):
 
 def score_capture(capture: str | Path, detector: str | Path, out: str | Path, force: bool = False) -> dict:
     from necst.detect.detector import load
-    from necst.detect.io import read_packets
+    from necst.detect.io import iter_packets, read_packets
     from necst.detect.report import write_report
 
     out = Path(out)
@@ -47,8 +47,16 @@ def score_capture(capture: str | Path, detector: str | Path, out: str | Path, fo
             raise OutputExistsError("exists already (use --force to overwrite)", p)
     det = load(detector)
     warnings: list = []
-    packets = read_packets(capture, warnings=warnings)
-    rep, scored = score_table(packets, det, capture)
+    if det.mode == "window":  # streamed: no whole capture in memory, no pandas, reading overlaps
+        from necst.detect.features import window_meta
+        from necst.detect.report import build_report
+        from necst.detect.windows import INPUT_COLUMNS, WINDOW_FEATURES, stream_windows
+
+        block = stream_windows(iter_packets(capture, warnings=warnings, columns=INPUT_COLUMNS), **det._fparams())
+        scored = det.score_columns(window_meta(block), block.X, WINDOW_FEATURES)
+        rep = build_report(scored, det, capture, packets=block.packets)
+    else:
+        rep, scored = score_table(read_packets(capture, warnings=warnings), det, capture)
     rep["warnings"] = warnings
     write_report(rep, scored, out, force=force)
     return rep

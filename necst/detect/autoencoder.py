@@ -31,9 +31,11 @@ class RobustScaler:
 
     def _pre(self, X: np.ndarray) -> np.ndarray:
         X = np.array(X, dtype=np.float64, copy=True)
-        X[~np.isfinite(X)] = 0.0
-        if self.log_mask.any():
-            X[:, self.log_mask] = np.sign(X[:, self.log_mask]) * np.log1p(np.abs(X[:, self.log_mask]))
+        np.nan_to_num(X, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        cols = np.flatnonzero(self.log_mask)
+        if len(cols):
+            sub = X[:, cols]
+            X[:, cols] = np.copysign(np.log1p(np.abs(sub)), sub)
         return X
 
     def fit(self, X: np.ndarray) -> "RobustScaler":
@@ -48,8 +50,10 @@ class RobustScaler:
     def transform(self, X: np.ndarray, clip_to_training: bool = False) -> np.ndarray:
         P = self._pre(X)
         if clip_to_training:
-            P = np.clip(P, self.lo_, self.hi_)
-        return np.clip((P - self.center_) / self.scale_, -self.clip, self.clip)
+            np.clip(P, self.lo_, self.hi_, out=P)
+        P -= self.center_
+        P /= self.scale_
+        return np.clip(P, -self.clip, self.clip, out=P)
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
         return {"log_mask": self.log_mask, "lo": self.lo_, "hi": self.hi_, "center": self.center_,
@@ -110,16 +114,29 @@ def dense_weights(model) -> List[np.ndarray]:
     return out
 
 
-def forward(weights: Sequence[np.ndarray], X: np.ndarray, batch: int = 262_144) -> np.ndarray:
-    """Reconstruction in numpy: ReLU on every dense layer but the last (as built above)."""
+def forward(weights: Sequence[np.ndarray], X: np.ndarray, batch: int = 16_384) -> np.ndarray:
+    """Reconstruction in numpy: ReLU on every dense layer but the last (as built above).
+
+    Blocks of rows small enough to stay in cache, on one BLAS thread: these matrices are tiny,
+    and a multi-threaded BLAS spends more CPU waking its threads than multiplying.
+    """
+    try:  # scikit-learn's dependency, so normally present
+        from threadpoolctl import threadpool_limits
+        one_thread = threadpool_limits(1, user_api="blas")
+    except ImportError:  # pragma: no cover
+        from contextlib import nullcontext
+        one_thread = nullcontext()
+
     X = np.asarray(X, dtype=np.float32)
     pairs = [(weights[i], weights[i + 1]) for i in range(0, len(weights), 2)]
-    out = np.empty_like(X)
-    for s in range(0, len(X), batch):
-        h = X[s:s + batch]
-        for j, (W, b) in enumerate(pairs):
-            h = h @ W + b
-            if j < len(pairs) - 1:
-                np.maximum(h, 0, out=h)
-        out[s:s + batch] = h
+    out = np.empty((len(X), pairs[-1][0].shape[1]), dtype=np.float32)
+    with one_thread:
+        for s in range(0, len(X), batch):
+            h = X[s:s + batch]
+            for j, (W, b) in enumerate(pairs):
+                h = h @ W
+                h += b
+                if j < len(pairs) - 1:
+                    np.maximum(h, 0, out=h)
+            out[s:s + batch] = h
     return out

@@ -13,15 +13,17 @@ baseline gives identical scores.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Sequence
 
 import numpy as np
-import pandas as pd
 
 from necst.bundle import BundleWriter, load as load_bundle
 from necst.detect.features import MODES, Units, extract
 from necst.detect.threshold import METHODS, PostProcess, fit_threshold, required_units
 from necst.errors import BundleError, NecstError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BUNDLE_KIND = "detector"
 MODE_DEFAULTS = {"window": {"width_s": 1.0, "stride_s": 0.5}, "packet": {}, "flow": {}}
@@ -30,6 +32,8 @@ MODE_DEFAULTS = {"window": {"width_s": 1.0, "stride_s": 0.5}, "packet": {}, "flo
 def _concat_units(parts: List[Units]) -> Units:
     if len(parts) == 1:
         return parts[0]
+    import pandas as pd
+
     return Units(parts[0].mode, pd.concat([u.meta for u in parts], ignore_index=True),
                  np.vstack([u.X for u in parts]), parts[0].names, None, parts[0].log_features)
 
@@ -127,37 +131,60 @@ class BaseDetector:
         if not hasattr(self, "threshold_"):
             raise NecstError(f"this {type(self).__name__} is not fitted yet; call fit() or load()")
 
-    def score_units(self, u: Units) -> pd.DataFrame:
+    def score_arrays(self, X: np.ndarray) -> Dict[str, np.ndarray]:
+        """Per unit (rows of raw features ``X``): ``error``, ``flag``, and the three features with
+        the largest share of the error (``top1_feature`` ... as column indices, ``top1_share`` ...).
+        Plain numpy: the scoring path needs neither pandas nor TensorFlow."""
         self._fitted()
-        out = u.meta.copy()
-        if len(u) == 0:
-            out["error"] = np.empty(0)
-            out["flag"] = np.empty(0, dtype=bool)
+        n = len(X)
+        out: Dict[str, np.ndarray] = {}
+        if n == 0:
+            out["error"], out["flag"] = np.empty(0), np.empty(0, dtype=bool)
             return out
-        if list(u.names) != list(self.feature_names_):
-            raise NecstError("features do not match the detector's (trained with another necst version?)")
-        Xs = self.scaler_.transform(u.X)
-        score, contrib = self._scores(Xs)
+        score, contrib = self._scores(self.scaler_.transform(X))
         out["error"] = score
         out["flag"] = self.postprocess.flags(score, self.threshold_["threshold"])
         k = min(3, contrib.shape[1])
         top = np.argpartition(-contrib, k - 1, axis=1)[:, :k] if k < contrib.shape[1] else \
-            np.tile(np.arange(k), (len(contrib), 1))
+            np.tile(np.arange(k), (n, 1))
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(contrib, top, axis=1), axis=1), axis=1)
         total = np.maximum(contrib.sum(axis=1, keepdims=True), 1e-12)
         share = np.take_along_axis(contrib, top, axis=1) / total
-        names = np.asarray(self.feature_names_, dtype=object)
         for j in range(k):
-            out[f"top{j + 1}_feature"] = names[top[:, j]]
+            out[f"top{j + 1}_feature"] = top[:, j]
             out[f"top{j + 1}_share"] = share[:, j]
         return out
 
-    def score(self, packets) -> pd.DataFrame:
+    def feature_name_array(self, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(self.feature_names_, dtype=object)[idx]
+
+    def score_units(self, u: Units) -> "pd.DataFrame":
+        self._fitted()
+        if len(u) and list(u.names) != list(self.feature_names_):
+            raise NecstError("features do not match the detector's (trained with another necst version?)")
+        cols = self.score_arrays(u.X)
+        out = u.meta.copy()
+        for name, v in cols.items():
+            out[name] = self.feature_name_array(v) if name.endswith("_feature") else v
+        return out
+
+    def score_columns(self, meta: Dict[str, np.ndarray], X: np.ndarray, names: Sequence[str]) -> Dict[str, np.ndarray]:
+        """:meth:`score_units` without pandas: ``meta`` columns plus the scores, as a dict."""
+        self._fitted()
+        if len(X) and list(names) != list(self.feature_names_):
+            raise NecstError("features do not match the detector's (trained with another necst version?)")
+        out = dict(meta)
+        for name, v in self.score_arrays(X).items():
+            out[name] = self.feature_name_array(v) if name.endswith("_feature") else v
+        return out
+
+    def score(self, packets) -> "pd.DataFrame":
         """One row per unit: its time span, counts, features, ``error``, ``flag``, top features."""
         return self.score_units(self.features(packets))
 
-    def decision(self, scored: pd.DataFrame) -> str:
-        return self.postprocess.decision(scored["flag"].to_numpy()) if len(scored) else "normal"
+    def decision(self, scored) -> str:
+        """'attack detected' or 'normal', from scored units (a DataFrame or a dict of columns)."""
+        return self.postprocess.decision(np.asarray(scored["flag"])) if len(scored["flag"]) else "normal"
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, force: bool = False) -> Path:
@@ -225,8 +252,10 @@ class Detector(BaseDetector):
     def _scores(self, Xs):
         from necst.detect.autoencoder import forward
 
-        sq = (forward(self.weights_, Xs) - Xs.astype(np.float32)) ** 2
-        return sq.mean(axis=1).astype(np.float64), sq
+        sq = forward(self.weights_, Xs)
+        sq -= Xs
+        np.square(sq, out=sq)
+        return sq.mean(axis=1, dtype=np.float64), sq
 
     def keras_model(self):
         """The Keras model (loaded from the bundle's .keras file when needed)."""

@@ -2,9 +2,9 @@
 
 Scapy's AsyncSniffer collects packets in its own thread; every ``batch_s`` seconds the new
 packets become a small PacketTable and go through the same features, scaler, model and
-threshold as `necst detect score`. In window mode every batch shares one window grid (anchored
-at the session's first packet) and keeps the last window's worth of packets, so windows that
-straddle a batch boundary are scored once, complete. Packet and flow modes score each batch on
+threshold as `necst detect score`. In window mode the batches go through one
+:class:`~necst.detect.windows.WindowStream` (the one a capture file goes through), so every
+batch shares one window grid and windows that straddle a batch boundary are scored once, complete. Packet and flow modes score each batch on
 its own (their per-host and per-flow state is not carried across batches).
 
 Dissection is Scapy's, one packet at a time: fine for the rates of a sniffed interface, which
@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Callable, List
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from necst.detect.features import extract, flow_keys, packet_arrays, window_features
+from necst.detect.features import extract, window_units
+from necst.detect.windows import WindowStream
 from necst.errors import NecstError, OutputExistsError
 
 _FIELDS = ["ts_ns", "wire_len", "src_ip", "dst_ip", "ip_proto", "src_port", "dst_port", "tcp_flags", "file_index"]
@@ -60,55 +60,27 @@ class LiveScorer:
 
     def __init__(self, det):
         self.det = det
-        self.origin_ns: int | None = None
-        self.tail: pa.Table | None = None
-        self.next_start_ns: int | None = None
+        # Window mode: one stream for the session, so windows straddling batches come out once, complete.
+        self.stream = WindowStream(**det._fparams()) if det.mode == "window" else None
         self.scored: List[pd.DataFrame] = []
         self.packets = 0
-        self.known_flows = np.empty(0, dtype=np.int64)  # non-TCP flows already counted as new
 
     def feed(self, batch: pa.Table) -> pd.DataFrame:
         self.packets += batch.num_rows
         if batch.num_rows == 0:
             return pd.DataFrame()
-        ts = batch.column("ts_ns").to_numpy()
-        order = np.argsort(ts, kind="stable")
-        batch = batch.take(pa.array(order))
-        if self.det.mode != "window":
+        if self.stream is None:
             out = self.det.score(batch)
         else:
-            if self.origin_ns is None:
-                self.origin_ns = int(ts.min())
-            table = batch if self.tail is None else pa.concat_tables([self.tail, batch.cast(self.tail.schema)])
-            params = self.det._fparams()
-            u = window_features(table, origin_ns=self.origin_ns, known_flows=self.known_flows, **params)
-            out = self.det.score_units(u)
-            # Complete windows only: those ending before the newest packet; later ones wait.
-            newest = int(table.column("ts_ns").to_numpy().max())
-            keep = out["end_ns"].to_numpy() <= newest
-            if self.next_start_ns is not None:
-                keep &= out["start_ns"].to_numpy() >= self.next_start_ns
-            out = out[keep]
-            if len(out):
-                self.next_start_ns = int(out["start_ns"].max()) + int(params["stride_s"] * 1e9)
-            t_all = table.column("ts_ns").to_numpy()
-            cut = (self.next_start_ns if self.next_start_ns is not None else self.origin_ns)
-            gone = table.filter(pa.array(t_all < cut))
-            if gone.num_rows:
-                self.known_flows = np.union1d(self.known_flows, flow_keys(packet_arrays(gone)))
-            self.tail = table.filter(pa.array(t_all >= cut))
+            out = self.det.score_units(window_units(self.stream.feed(batch)))
         self.scored.append(out)
         return out
 
     def flush(self) -> pd.DataFrame:
         """At the end: score the windows still waiting for later packets."""
-        if self.det.mode != "window" or self.tail is None or self.tail.num_rows == 0:
+        if self.stream is None:
             return pd.DataFrame()
-        u = window_features(self.tail, origin_ns=self.origin_ns, known_flows=self.known_flows,
-                            **self.det._fparams())
-        out = self.det.score_units(u)
-        if self.next_start_ns is not None:
-            out = out[out["start_ns"].to_numpy() >= self.next_start_ns]
+        out = self.det.score_units(window_units(self.stream.flush()))
         self.scored.append(out)
         return out
 

@@ -1,4 +1,8 @@
-"""The detector's report: a JSON summary an analyst reads first, and a CSV of every unit."""
+"""The detector's report: a JSON summary an analyst reads first, and a CSV of every unit.
+
+Scored units come as a DataFrame (``Detector.score``) or as a dict of numpy columns
+(``Detector.score_columns``, the path `necst detect score` takes, which never imports pandas).
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from necst.errors import OutputExistsError
 
@@ -30,33 +33,43 @@ def _plain(v):
     return v
 
 
-def _unit(row: pd.Series, idx: int) -> dict:
-    d = {"unit": int(idx), "start_ns": int(row["start_ns"]), "end_ns": int(row["end_ns"]),
-         "start": _iso(row["start_ns"]), "end": _iso(row["end_ns"]), "error": float(row["error"]),
-         "flag": bool(row["flag"])}
+def _columns(scored) -> dict:
+    """Column name -> numpy array, for a DataFrame or a dict of arrays."""
+    if isinstance(scored, dict):
+        return {k: np.asarray(v) for k, v in scored.items()}
+    return {k: scored[k].to_numpy() for k in scored.columns}
+
+
+def _unit(cols: dict, idx: int) -> dict:
+    d = {"unit": int(idx), "start_ns": int(cols["start_ns"][idx]), "end_ns": int(cols["end_ns"][idx]),
+         "start": _iso(cols["start_ns"][idx]), "end": _iso(cols["end_ns"][idx]),
+         "error": float(cols["error"][idx]), "flag": bool(cols["flag"][idx])}
     for k in _UNIT_FIELDS:
-        if k in row.index:
-            d[k] = _plain(row[k])
-    d["top_features"] = [
-        {"feature": row[f"top{j}_feature"], "value": _plain(row.get(row[f"top{j}_feature"], np.nan)),
-         "share_of_error": round(float(row[f"top{j}_share"]), 4)}
-        for j in (1, 2, 3) if f"top{j}_feature" in row.index
-    ]
+        if k in cols:
+            d[k] = _plain(cols[k][idx])
+    d["top_features"] = []
+    for j in (1, 2, 3):
+        if f"top{j}_feature" not in cols:
+            continue
+        name = cols[f"top{j}_feature"][idx]
+        d["top_features"].append({"feature": name, "value": _plain(cols[name][idx]) if name in cols else None,
+                                  "share_of_error": round(float(cols[f"top{j}_share"][idx]), 4)})
     return d
 
 
-def build_report(scored: pd.DataFrame, detector, file: str | os.PathLike, packets: int | None = None,
+def build_report(scored, detector, file: str | os.PathLike, packets: int | None = None,
                  top_k: int | None = None, alerts: list | None = None) -> dict:
-    """The JSON-ready report of one scored capture."""
+    """The JSON-ready report of one scored capture (a DataFrame or a dict of columns)."""
     top_k = detector.top_k if top_k is None else top_k
-    n = len(scored)
-    flags = scored["flag"].to_numpy() if n else np.zeros(0, bool)
+    cols = _columns(scored)
+    flags = cols["flag"].astype(bool) if "flag" in cols else np.zeros(0, bool)
+    n = len(flags)
     pp = detector.postprocess
     rep = {
         "file": str(file),
         "detector": detector.kind,
         "mode": detector.mode,
-        "decision": detector.decision(scored),
+        "decision": pp.decision(flags),
         "anomalous_units": int(flags.sum()),
         "total_units": int(n),
         "packets": packets,
@@ -64,21 +77,21 @@ def build_report(scored: pd.DataFrame, detector, file: str | os.PathLike, packet
         "method": detector.threshold_["method"],
         "threshold_fit": detector.threshold_,
         "parameters": {**pp.to_dict(), "features": detector._fparams()},
-        "alerts": [{"first_unit": a, "last_unit": b, "start": _iso(scored["start_ns"].iat[a]),
-                    "end": _iso(scored["end_ns"].iat[b])} for a, b in (alerts or pp.alerts(flags))],
+        "alerts": [{"first_unit": a, "last_unit": b, "start": _iso(cols["start_ns"][a]),
+                    "end": _iso(cols["end_ns"][b])} for a, b in (alerts or pp.alerts(flags))],
         "top_units": [],
         "max_error_unit": None,
     }
     if n:
-        order = np.argsort(-scored["error"].to_numpy(), kind="stable")[:top_k]
-        rep["top_units"] = [_unit(scored.iloc[i], i) for i in order]
+        order = np.argsort(-cols["error"], kind="stable")[:top_k]
+        rep["top_units"] = [_unit(cols, int(i)) for i in order]
         rep["max_error_unit"] = rep["top_units"][0]
     if n == 0:
         rep["note"] = "no units to score (the capture has no packets this mode can use)"
     return rep
 
 
-def write_report(report: dict, scored: pd.DataFrame, out: str | os.PathLike, force: bool = False) -> tuple[Path, Path]:
+def write_report(report: dict, scored, out: str | os.PathLike, force: bool = False) -> tuple[Path, Path]:
     """``out`` (JSON) and the CSV beside it (same stem), each written to a temporary name first."""
     out = Path(out)
     csv = out.with_suffix(".csv")
@@ -86,14 +99,16 @@ def write_report(report: dict, scored: pd.DataFrame, out: str | os.PathLike, for
         if p.exists() and not force:
             raise OutputExistsError("exists already (use --force to overwrite)", p)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cols = [c for c in scored.columns if c in CSV_COLUMNS or c.endswith(("_per_s", "_entropy"))]
-    table = scored[cols].copy()
-    table.insert(0, "unit", np.arange(len(scored)))
-    tmp_csv = csv.with_name(f".{csv.name}.tmp")
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    pacsv.write_csv(pa.Table.from_pandas(table, preserve_index=False), tmp_csv)
+    cols = _columns(scored)
+    n = len(cols["flag"]) if "flag" in cols else 0
+    table = {"unit": np.arange(n)}
+    table.update({c: v for c, v in cols.items() if c in CSV_COLUMNS or c.endswith(("_per_s", "_entropy"))})
+    tmp_csv = csv.with_name(f".{csv.name}.tmp")
+    pacsv.write_csv(pa.table({c: (pa.array(v, pa.string()) if v.dtype == object else v) for c, v in table.items()}),
+                    tmp_csv)
     tmp_json = out.with_name(f".{out.name}.tmp")
     tmp_json.write_text(json.dumps(report, indent=1, default=_plain))
     os.replace(tmp_csv, csv)
