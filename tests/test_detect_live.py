@@ -67,7 +67,7 @@ def test_live_on_a_veth_pair_with_tcpreplay(det, shared_data, tmp_path):
         t.start()
         assert ready.wait(30), "the sniffer did not start"
         capture = shared_data / "attacks" / "scan" / "nmap-syn-scan.pcap"
-        r = subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "-i", b, "--pps", "400", str(capture)],
+        r = subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "-i", b, "--pps", "250", str(capture)],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         t.join(30)

@@ -30,7 +30,7 @@ _FIELDS = ["ts_ns", "wire_len", "src_ip", "dst_ip", "ip_proto", "src_port", "dst
 
 def scapy_to_table(pkts) -> pa.Table:
     """The columns the detector uses, from Scapy packets."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: F401
+    from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import IPv6
 
     rows = {k: [] for k in _FIELDS}
