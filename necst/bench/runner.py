@@ -258,6 +258,11 @@ class Bench:
         normal["fp_ratio_synthetic_to_real"] = {
             d: (normal["synthetic"]["detectors"][d]["fp_rate"] / normal["real"]["detectors"][d]["fp_rate"]
                 if normal["real"]["detectors"][d]["fp_rate"] else None) for d in dets}
+        # flags need runs of units over the threshold; the raw share over it is the steadier ratio
+        normal["over_threshold_ratio_synthetic_to_real"] = {
+            d: (normal["synthetic"]["detectors"][d]["over_threshold_rate"]
+                / normal["real"]["detectors"][d]["over_threshold_rate"]
+                if normal["real"]["detectors"][d]["over_threshold_rate"] else None) for d in dets}
         self._stage("normal_scoring", t0)
 
         backgrounds = {"synthetic": synth.densest(cfg.background_s), "real": real.densest(cfg.background_s)}
