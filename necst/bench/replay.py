@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from necst.bench.frames import merge, remap_ipv4
+from necst.bench.frames import remap_ipv4
 from necst.bench.hosts import Hosts
 from necst.bench.inject import Traffic
 from necst.bench.scenarios import Injection
