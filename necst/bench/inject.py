@@ -24,6 +24,8 @@ from necst.capture.writer import LINKTYPE_ETHERNET, CaptureWriter
 from necst.errors import NecstError
 from necst.schema import PACKET_SCHEMA
 
+WRITE_SLICE = 16384  # packets per writer call
+
 
 def _decode(raw: RawBatch) -> pa.Table:
     from necst.process.decode import decode
@@ -136,7 +138,9 @@ class Traffic:
         """The capture (nanosecond pcap) and ``<name>.labels.csv`` beside it."""
         path = Path(path)
         with CaptureWriter(path, "pcap", force=force) as w:
-            w.write(self.raw)
+            # in slices: the writer's copy path holds int64 indices per byte of the batch it gets
+            for lo in range(0, len(self), WRITE_SLICE):
+                w.write(_take(self.raw, np.arange(lo, min(lo + WRITE_SLICE, len(self)))))
         write_labels(path.with_suffix(".labels.csv"), self)
         return path
 
