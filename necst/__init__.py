@@ -7,6 +7,7 @@ The public API, re-exported here lazily (importing ``necst`` loads none of the s
     from necst import generate, CaptureWriter                        # generate
     from necst import compare, evaluate                              # evaluate
     from necst import Detector, IsolationForestDetector, LOFDetector  # detect
+    from necst import run_bench, BenchConfig                         # bench
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ _EXPORTS = {
     "Detector": "necst.detect",
     "IsolationForestDetector": "necst.detect",
     "LOFDetector": "necst.detect",
+    "run_bench": "necst.bench",
+    "BenchConfig": "necst.bench",
 }
 
 __all__ = ["__version__", "SCHEMA_VERSION", "NecstError", *_EXPORTS]
