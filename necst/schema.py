@@ -135,12 +135,16 @@ def numpy_column(column: pa.Array | pa.ChunkedArray, fill=None) -> np.ndarray:
 
 
 def string_array(values) -> pa.Array:
-    """Python strings as an arrow string array (no nulls)."""
-    encoded = [str(v).encode() for v in values]
+    """Python strings as an arrow string array; None becomes null."""
+    values = list(values)
+    encoded = [b"" if v is None else str(v).encode() for v in values]
     offsets = np.zeros(len(encoded) + 1, np.int32)
     np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    missing = np.fromiter((v is None for v in values), bool, count=len(values))
+    nulls = int(missing.sum())
+    validity = pa.py_buffer(np.packbits(~missing, bitorder="little")) if nulls else None
     return pa.Array.from_buffers(pa.string(), len(encoded),
-                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+                                 [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))], null_count=nulls)
 
 
 def null_array(n: int, typ: pa.DataType) -> pa.Array:

@@ -107,8 +107,13 @@ def write_report(report: dict, scored, out: str | os.PathLike, force: bool = Fal
     table = {"unit": np.arange(n)}
     table.update({c: v for c, v in cols.items() if c in CSV_COLUMNS or c.endswith(("_per_s", "_entropy"))})
     tmp_csv = csv.with_name(f".{csv.name}.tmp")
-    pacsv.write_csv(pa.table({c: (pa.array(v, pa.string()) if v.dtype == object else v) for c, v in table.items()}),
-                    tmp_csv)
+    from necst.schema import arrow_array, string_array
+
+    def column(v: np.ndarray) -> pa.Array:  # not pa.array(): it imports pandas
+        v = np.asarray(v)
+        return string_array(v) if v.dtype == object else arrow_array(v, pa.from_numpy_dtype(v.dtype))
+
+    pacsv.write_csv(pa.table({c: column(v) for c, v in table.items()}), tmp_csv)
     tmp_json = out.with_name(f".{out.name}.tmp")
     tmp_json.write_text(json.dumps(report, indent=1, default=_plain))
     os.replace(tmp_csv, csv)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from necst.errors import NecstError
+from necst.schema import numpy_column
 
 # Window features; the ones in LOG_FEATURES are heavy-tailed counts and enter the model as log1p.
 # The fan-outs (max_dst_*_per_src) are not: in normal traffic they are small counts with a short
@@ -83,14 +84,10 @@ def _int_column(t: pa.Table, name: str, fill: int) -> np.ndarray:
     """An integer column as int64, nulls (and a missing column) as ``fill``."""
     if name not in t.column_names:
         return np.full(t.num_rows, fill, dtype=np.int64)
-    parts = []
-    for c in t.column(name).chunks:
+    parts = [numpy_column(c, fill=0).astype(np.int64) for c in t.column(name).chunks]
+    for v, c in zip(parts, t.column(name).chunks):
         if c.null_count:
-            v = np.asarray(pc.fill_null(c, 0).to_numpy(), dtype=np.int64)
-            v[c.is_null().to_numpy(zero_copy_only=False)] = fill
-        else:
-            v = np.asarray(c.to_numpy(), dtype=np.int64)
-        parts.append(v)
+            v[numpy_column(c.is_null())] = fill
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
@@ -152,8 +149,7 @@ class WindowStream:
             lookup = np.array([table.setdefault(v, len(table)) for v in c.dictionary.to_pylist()] + [-1],
                               dtype=np.int64)
             idx = c.indices
-            idx = np.asarray((pc.fill_null(idx, -1) if idx.null_count else idx).to_numpy(zero_copy_only=False),
-                             dtype=np.int64)
+            idx = numpy_column(idx, fill=-1).astype(np.int64)
             out.append(lookup[idx])  # -1 indexes the trailing -1
         return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
