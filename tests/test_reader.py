@@ -222,3 +222,15 @@ def test_fuzz_mutated_captures(tmp_path, seed, flips, cut, chunk):
     for pos, val in flips:
         data[pos % len(data)] = val
     _try(tmp_path, bytes(data[: len(data) - cut % len(data)]), chunk)
+
+
+def test_decode_named_columns_leaves_only_macs_and_apps_null(shared_data):
+    """decode(columns=...) skips MACs and application labels, and changes no other column."""
+    raw = next(iter(CaptureReader(shared_data / "benign/tj_iot/schlage-lock-01.pcap")))
+    full, narrow = decode(raw), decode(raw, columns=["ts_ns", "src_ip", "dst_port"])
+    assert narrow.schema == PACKET_SCHEMA
+    for name in PACKET_SCHEMA.names:
+        if name in ("eth_src", "eth_dst", "app"):
+            assert narrow.column(name).null_count == len(raw) and full.column(name).null_count < len(raw)
+        else:
+            assert narrow.column(name).equals(full.column(name)), name

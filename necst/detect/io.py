@@ -60,7 +60,7 @@ def iter_packets(path: str | Path, warnings: List[str] | None = None, columns: S
     from necst.process.decode import decode
 
     reader = CaptureReader(path)
-    decoded = (decode(b) for b in reader)
+    decoded = (decode(b, columns=columns) for b in reader)
     yield from (_prefetched(decoded) if prefetch else decoded)
     if warnings is not None:
         warnings.extend(f"{path}: {w}" for w in reader.warnings)

@@ -231,6 +231,10 @@ def _dictionary(keys: np.ndarray, valid: np.ndarray, fmt) -> pa.Array:
     return pa.DictionaryArray.from_arrays(arrow_array(indices, pa.int32(), ~valid), string_array(words))
 
 
+def _null_strings(n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(null_array(n, pa.int32()), string_array([]))
+
+
 def _format_ips(v4: np.ndarray, v6hi: np.ndarray, v6lo: np.ndarray, is4: np.ndarray, is6: np.ndarray) -> pa.Array:
     """IPv4 keys are the address (< 2^32); each distinct IPv6 address gets a key from 2^32 up."""
     keys = v4.astype(np.uint64)
@@ -248,8 +252,13 @@ def _format_ips(v4: np.ndarray, v6hi: np.ndarray, v6lo: np.ndarray, is4: np.ndar
     return _dictionary(keys, is4 | is6, fmt)
 
 
-def decode(batch: RawBatch) -> pa.RecordBatch:
-    """Decode a batch into PacketTable columns (flow columns left null for the flow stage)."""
+def decode(batch: RawBatch, columns=None) -> pa.RecordBatch:
+    """Decode a batch into PacketTable columns (flow columns left null for the flow stage).
+
+    ``columns``, when given, names the columns the caller reads: MAC addresses and application
+    labels, the costliest to build, are then left null unless named.
+    """
+    wanted = (lambda name: True) if columns is None else set(columns).__contains__
     n = len(batch)
     b = _Bytes(batch)
     linktype = batch.linktype
@@ -339,24 +348,28 @@ def decode(batch: RawBatch) -> pa.RecordBatch:
     pay_off = l4 + l4_hdr_len
     captured_payload = np.clip(np.minimum(b.cap, ip_end) - pay_off, 0, PAYLOAD_HEAD)
     captured_payload = np.where(ports, captured_payload, 0)
-    head = b.block(pay_off, PAYLOAD_HEAD)
-    head[np.arange(PAYLOAD_HEAD)[None, :] >= captured_payload[:, None]] = 0
 
     # ---- ARP -------------------------------------------------------------------------------
     arp = ev & np.isin(etype, (ETH_ARP, ETH_RARP)) & b.has(l3, 8)
     arp_op = b.u16(l3 + 6)
 
     # ---- applications ---------------------------------------------------------------------
-    app_codes = label_apps(
-        np.where(ip & proto_ok, ip_proto, 0).astype(np.uint8),
-        np.where(ports, src_port, -1).astype(np.int32),
-        np.where(ports, dst_port, -1).astype(np.int32),
-        head,
-        captured_payload,
-    )
-    app = app_dictionary(app_codes)
-
-    eth_src, eth_dst = _format_macs(b, eth_base, eth_ok)
+    if not wanted("app"):
+        app = _null_strings(n)
+    else:
+        head = b.block(pay_off, PAYLOAD_HEAD)
+        head[np.arange(PAYLOAD_HEAD)[None, :] >= captured_payload[:, None]] = 0
+        app = app_dictionary(label_apps(
+            np.where(ip & proto_ok, ip_proto, 0).astype(np.uint8),
+            np.where(ports, src_port, -1).astype(np.int32),
+            np.where(ports, dst_port, -1).astype(np.int32),
+            head,
+            captured_payload,
+        ))
+    if wanted("eth_src") or wanted("eth_dst"):
+        eth_src, eth_dst = _format_macs(b, eth_base, eth_ok)
+    else:
+        eth_src = eth_dst = _null_strings(n)
 
     def col(values, valid, typ):
         return arrow_array(values, typ, ~valid)
