@@ -525,15 +525,13 @@ class FlowModel:
         prev = np.tile(np.array([2, len(v.flags), v.n_codes, self.n_gap_bins], np.int32), (n, 1))
         state = None  # (rec, c) of the active flows; None: the zero state
         buf = net.buffers(min(n, BLOCK_ROWS))
-        n_flag_rows = net.n_flag_rows
         at = 0
         for t in range(n_steps):
             if t % self.window == 0:
                 state = None
             m = len(act)
             u = rng.random((m, 5), dtype=np.float32)
-            idx = {"prev_dir_flag": prev[:, 0] * n_flag_rows + prev[:, 1], "prev_code": prev[:, 2],
-                   "prev_gap": prev[:, 3], "rem": rem_lut[tgt - 1 - t]}
+            idx = net.row_index(prev, int(pos_lut[t]), rem_lut[tgt - 1 - t])
             tok = np.empty((m, 4), np.int32)
             last = np.empty(m, bool)
             new_rec = np.empty((m, 4 * self.units), np.float32) if state is None else state[0]
@@ -542,8 +540,8 @@ class FlowModel:
             for b0 in range(0, m, BLOCK_ROWS):
                 b1 = min(b0 + BLOCK_ROWS, m)
                 r, cc = (None, None) if state is None else (new_rec[b0:b1], new_c[b0:b1])
-                tk, ls, r, cc = net.step(base, act[b0:b1], {"pos": int(pos_lut[t])},
-                                         {k: v[b0:b1] for k, v in idx.items()}, r, cc, u[b0:b1], buf)
+                tk, ls, r, cc = net.step(base, act[b0:b1], {k: v[b0:b1] for k, v in idx.items()},
+                                         r, cc, u[b0:b1], buf)
                 tok[b0:b1], last[b0:b1] = tk, ls
                 if state is None:
                     new_rec[b0:b1], new_c[b0:b1] = r, cc

@@ -36,7 +36,6 @@ ARCH_V1 = {
     },
 }
 FLOW_CONST = ("app", "size")  # conditions that stay the same for the whole flow
-STEP_CONST = ("pos",)  # the same for every flow at a given step
 
 
 def _emb_name(part: str) -> str:
@@ -143,10 +142,14 @@ class StepNet:
             td, tf = tables.pop("prev_dir"), tables.pop("prev_flag")
             self.n_flag_rows = len(tf)
             tables["prev_dir_flag"] = (td[:, None, :] + tf[None, :, :]).reshape(-1, self.width)
+        # the position in the flow and the packets remaining: one table indexed by (pos, rem)
+        if "pos" in tables and "rem" in tables:
+            tp, tr = tables.pop("pos"), tables.pop("rem")
+            self.n_rem_rows = len(tr)
+            tables["pos_rem"] = (tp[:, None, :] + tr[None, :, :]).reshape(-1, self.width)
         self.tables, self.bias = tables, bias
         self.flow_parts = [p for p in tables if p in FLOW_CONST]
-        self.step_parts = [p for p in tables if p in STEP_CONST]
-        self.row_parts = [p for p in tables if p not in FLOW_CONST and p not in STEP_CONST]
+        self.row_parts = [p for p in tables if p not in FLOW_CONST]
         # the columns each table touches (a previous token feeds the gates alone): add only those
         self.cols = {}
         for p, tab in tables.items():
@@ -168,7 +171,26 @@ class StepNet:
     def index(self, part: str, inputs: dict, t: int) -> np.ndarray:
         if part == "prev_dir_flag":
             return inputs["prev_dir"][:, t] * self.n_flag_rows + inputs["prev_flag"][:, t]
+        if part == "pos_rem":
+            return inputs["pos"][:, t] * self.n_rem_rows + inputs["rem"][:, t]
         return inputs[part][:, t]
+
+    def row_index(self, prev: np.ndarray, pos: int, rem: np.ndarray) -> dict[str, np.ndarray]:
+        """Per row, the index into each per-row table: ``prev`` the previous tokens (n x 4),
+        ``pos`` the position bucket of this step, ``rem`` each flow's remaining-packets bucket."""
+        idx = {}
+        for p in self.row_parts:
+            if p == "prev_dir_flag":
+                idx[p] = prev[:, 0] * self.n_flag_rows + prev[:, 1]
+            elif p == "pos_rem":
+                idx[p] = rem + pos * self.n_rem_rows
+            elif p == "pos":
+                idx[p] = np.full(len(prev), pos)
+            elif p == "rem":
+                idx[p] = rem
+            else:
+                idx[p] = prev[:, TOKENS.index(p[len("prev_"):])]
+        return idx
 
     def buffers(self, rows: int) -> dict[str, np.ndarray]:
         """Work arrays for steps of up to ``rows`` flows, reused so that a step allocates little."""
@@ -177,13 +199,11 @@ class StepNet:
                 "HH": np.empty((rows, self.W_big.shape[1]), np.float32),
                 "h": np.empty((rows, self.U), np.float32)}
 
-    def step(self, base: np.ndarray, rows: np.ndarray, step_idx: dict[str, int],
-             row_idx: dict[str, np.ndarray], rec: np.ndarray | None, c: np.ndarray | None,
+    def step(self, base: np.ndarray, rows: np.ndarray, row_idx: dict[str, np.ndarray], rec: np.ndarray | None, c: np.ndarray | None,
              u: np.ndarray, buf: dict[str, np.ndarray]):
         """One packet for each of ``rows`` (indices into ``base``, the ``flow_rows`` of all flows).
 
-        ``step_idx``: index of each step-constant part; ``row_idx``: per row index of the other
-        parts (previous tokens, remaining packets); ``rec``, ``c``: the recurrent term
+        ``row_idx``: from ``row_index``; ``rec``, ``c``: the recurrent term
         ``h @ U_rec`` and the cell state, updated in place (None: the zero state, and the new
         values are then returned in fresh arrays); ``u``: n x 5 uniform numbers; ``buf``: from
         ``buffers``. Returns (tokens n x 4 [dir, flag, code, gap], last n bool, rec, c).
@@ -191,8 +211,6 @@ class StepNet:
         U, hid, m = self.U, self.hidden, len(rows)
         A = buf["A"][:m]
         np.take(base, rows, axis=0, out=A)
-        for p in self.step_parts:
-            A[:, self.cols[p]] += self.tables[p][step_idx[p]]
         for p in self.row_parts:
             sl = self.cols[p]
             w = sl.stop - sl.start
