@@ -108,7 +108,7 @@ def test_max_packets_caps_flows(trained):
     pf, pm, fm = trained
     req = pd.DataFrame({"kind": "tcp", "app": "http", "packets": 20, "max_packets": [3] * 49 + [None]})
     per = fm.sample(req, pm, seed=0).groupby("flow").size()
-    assert per[:49].max() <= 3 and per[49] > 3  # no cap where max_packets is missing
+    assert per[:49].max() <= 3 and per[49] == 20  # no cap where max_packets is missing: the count
 
 
 def test_bad_requests_fail_clearly(trained):
@@ -169,7 +169,9 @@ def test_old_bundle_format_loads_through_keras(trained, tmp_path):
     from necst.bundle import BundleWriter
     from necst.model.flow import SIZE_EDGES, N_POS
 
-    pf, pm, fm = trained
+    pf, pm, _ = trained
+    # the first architecture, as format-1 bundles hold it (a small, quickly trained one)
+    fm = FlowModel(units=8, window=8, epochs=2, batch_size=64, prev_in_heads=False, val_fraction=0.0).fit(pf, pm)
     w = BundleWriter(tmp_path / "old", "generator", {"levels": ["flow"], "flow": fm.get_config()})
     arrays = {"gap_edges": fm.gap_edges_}
     for kind, v in fm.vocab_.items():

@@ -18,7 +18,8 @@ the state at every multiple of ``window``), so what the model sees when sampling
 was trained on. Sampling advances all active flows of a kind at once, one batched step per
 packet index; nothing in it forces flags: the handshake and teardown are learned.
 
-TensorFlow is imported only inside the functions that train or run a model.
+TensorFlow is imported only to train. Sampling runs the trained networks in numpy
+(``necst.model.lstm_numpy``) from the weights stored in the bundle.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from necst.errors import BundleError, NecstError
-from necst.model.lstm_numpy import ARCH_V1, StepNet, keras_arrays
+from necst.model.lstm_numpy import ARCH_V1, ARCH_V2, StepNet, keras_arrays
 from necst.process.features import NOT_TCP, flag_bits, packet_features
 
 KINDS = ("tcp", "udp", "noflow")
@@ -119,17 +120,18 @@ class FlowModel:
     def __init__(self, units: int = 96, window: int = 64, epochs: int = 70, batch_size: int = 128,
                  learning_rate: float = 3e-3, n_gap_bins: int = 128, min_flag_count: int = 3,
                  max_flags: int = 32, min_app_count: int = 5, val_fraction: float = 0.1,
-                 patience: int = 4, code_pool: int = 256, seed: int = 0, verbose: bool = False):
+                 patience: int = 4, prev_in_heads: bool = True, end_at_count: bool = True,
+                 code_pool: int = 256, seed: int = 0, verbose: bool = False):
         self.units, self.window, self.epochs, self.batch_size = units, window, epochs, batch_size
         self.learning_rate, self.n_gap_bins = learning_rate, n_gap_bins
         self.min_flag_count, self.max_flags, self.min_app_count = min_flag_count, max_flags, min_app_count
         self.val_fraction, self.patience, self.seed, self.verbose = val_fraction, patience, seed, verbose
-        self.code_pool = code_pool
+        self.prev_in_heads, self.end_at_count, self.code_pool = prev_in_heads, end_at_count, code_pool
 
     def get_config(self) -> dict:
         return {k: getattr(self, k) for k in (
             "units", "window", "epochs", "batch_size", "learning_rate", "n_gap_bins", "min_flag_count",
-            "max_flags", "min_app_count", "val_fraction", "patience", "code_pool", "seed")}
+            "max_flags", "min_app_count", "val_fraction", "patience", "prev_in_heads", "end_at_count", "code_pool", "seed")}
 
     # -- data -----------------------------------------------------------------------------
 
@@ -258,7 +260,7 @@ class FlowModel:
         keras.utils.set_random_seed(self.seed)
         tf.config.experimental.enable_op_determinism()
         self.vocab_, self.models_, self.arrays_, self.history_ = {}, {}, {}, {}
-        self.arch_ = ARCH_V1
+        self.arch_ = self._arch()
         self.__dict__.pop("_nets", None)
         self.__dict__.pop("_pools", None)
         kinds = np.asarray(pf["kind"].astype(str))
@@ -281,6 +283,10 @@ class FlowModel:
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
+    def _arch(self) -> dict:
+        """The network's inputs per part (lstm_numpy.ARCH_V1, or V2 with ``prev_in_heads``)."""
+        return ARCH_V2 if self.prev_in_heads else ARCH_V1
+
     def _build(self, vocab: _Vocab):
         import keras
 
@@ -295,25 +301,20 @@ class FlowModel:
                 L.Embedding(len(SIZE_EDGES), 8, name="e_size")(inp["size"]),
                 L.Embedding(N_POS, 8, name="e_pos")(inp["pos"]),
                 L.Embedding(N_POS, 8, name="e_rem")(inp["rem"])]
-        x = L.Concatenate(name="step_in")([e_dir(inp["prev_dir"]), e_flag(inp["prev_flag"]),
-                                           e_code(inp["prev_code"]), e_gap(inp["prev_gap"])] + cond)
-        h = L.LSTM(U, return_sequences=True, name="lstm")(x)
-        hc = L.Concatenate(name="h_cond")([h] + cond)
-        cd, cf = e_dir(inp["cur_dir"]), e_flag(inp["cur_flag"])
-        cc, cg = e_code(inp["cur_code"]), e_gap(inp["cur_gap"])
-
-        def head(name, parts, n):
-            z = L.Concatenate(name=f"{name}_in")(parts) if len(parts) > 1 else parts[0]
+        emb = {"dir": e_dir, "flag": e_flag, "code": e_code, "gap": e_gap}
+        arch = self._arch()
+        parts = dict(zip(("app", "size", "pos", "rem"), cond))
+        for tname, layer in emb.items():
+            parts[f"prev_{tname}"] = layer(inp[f"prev_{tname}"])
+            parts[f"cur_{tname}"] = layer(inp[f"cur_{tname}"])
+        x = L.Concatenate(name="step_in")([parts[p] for p in arch["step"]])
+        parts["h"] = L.LSTM(U, return_sequences=True, name="lstm")(x)
+        n_out = {"dir": 2, "flag": F, "code": C, "gap": G, "last": 1}
+        out = {}
+        for name, names in arch["heads"].items():
+            z = L.Concatenate(name=f"{name}_in")([parts[p] for p in names])
             z = L.Dense(64, activation="relu", name=f"{name}_hidden")(z)
-            return L.Dense(n, name=name)(z)
-
-        out = {
-            "dir": head("dir", [hc], 2),
-            "flag": head("flag", [hc, cd], F),
-            "code": head("code", [hc, cd, cf], C),
-            "gap": head("gap", [hc, cd, cf, cc], G),
-            "last": head("last", [hc, cd, cf, cc, cg], 1),
-        }
+            out[name] = L.Dense(n_out[name], name=name)(z)
         return keras.Model(inp, out, name="necst_flow_lstm")
 
     def _train(self, model, tok: dict, vocab: _Vocab, seed: int) -> dict:
@@ -442,7 +443,10 @@ class FlowModel:
         ``requests``: columns ``kind``, ``app``, and ``packets`` (the flow's packet count, which
         conditions the model; it learned to place the teardown before the end) or ``size_class``
         (a count is then drawn from the training flows of that class); optional ``max_packets``
-        cuts a flow short. A flow stops when the model says so or at its count. Columns out: ``flow``
+        cuts a flow short. A flow has exactly its count (``end_at_count``, the default: the count
+        is what the aggregate level planned, and the model knows the packets remaining at each
+        step, so its end-of-flow head only echoes it); with ``end_at_count=False`` it also
+        stops where the end-of-flow head says so. Columns out: ``flow``
         (row number in ``requests``), ``pos``, ``kind``, ``app``, ``direction``, ``flag_combo``,
         ``tcp_flags`` (nullable UInt16, null for non-TCP), ``code``, ``gap_s`` (0 for the first
         packet), ``time_s`` (since the flow's first packet), then the packet model's fields of
@@ -525,6 +529,7 @@ class FlowModel:
         prev = np.tile(np.array([2, len(v.flags), v.n_codes, self.n_gap_bins], np.int32), (n, 1))
         state = None  # (rec, c) of the active flows; None: the zero state
         buf = net.buffers(min(n, BLOCK_ROWS))
+        want_last = not self.end_at_count
         at = 0
         for t in range(n_steps):
             if t % self.window == 0:
@@ -541,15 +546,18 @@ class FlowModel:
                 b1 = min(b0 + BLOCK_ROWS, m)
                 r, cc = (None, None) if state is None else (new_rec[b0:b1], new_c[b0:b1])
                 tk, ls, r, cc = net.step(base, act[b0:b1], {k: v[b0:b1] for k, v in idx.items()},
-                                         r, cc, u[b0:b1], buf)
-                tok[b0:b1], last[b0:b1] = tk, ls
+                                         r, cc, u[b0:b1], buf, want_last)
+                tok[b0:b1] = tk
+                if want_last:
+                    last[b0:b1] = ls
                 if state is None:
                     new_rec[b0:b1], new_c[b0:b1] = r, cc
             state = (new_rec, new_c)
             o_flow[at:at + m], o_pos[at:at + m], o_tok[at:at + m] = act, t, tok
             at += m
-            keep = ~last
-            keep &= cp > t + 1
+            keep = cp > t + 1
+            if want_last:
+                keep &= ~last
             if not keep.all():
                 act, tgt, cp, tok = act[keep], tgt[keep], cp[keep], tok[keep]
                 state = (state[0][keep], state[1][keep])

@@ -35,6 +35,18 @@ ARCH_V1 = {
         "last": ["h", "app", "size", "pos", "rem", "cur_dir", "cur_flag", "cur_code", "cur_gap"],
     },
 }
+# the flag and gap heads also see the previous packet's tokens directly, not only through the
+# LSTM state: flag pairs (SYN -> SYN+ACK, FIN+ACK -> ACK) and periodic gaps (ARP, ICMP) follow them
+ARCH_V2 = {
+    "step": ARCH_V1["step"],
+    "heads": {
+        "dir": ["h", "app", "size", "pos", "rem", "prev_dir", "prev_flag"],
+        "flag": ["h", "app", "size", "pos", "rem", "prev_dir", "prev_flag", "cur_dir"],
+        "code": ARCH_V1["heads"]["code"],
+        "gap": ["h", "app", "size", "pos", "rem", "prev_gap", "cur_dir", "cur_flag", "cur_code"],
+        "last": ARCH_V1["heads"]["last"],
+    },
+}
 FLOW_CONST = ("app", "size")  # conditions that stay the same for the whole flow
 
 
@@ -200,13 +212,14 @@ class StepNet:
                 "h": np.empty((rows, self.U), np.float32)}
 
     def step(self, base: np.ndarray, rows: np.ndarray, row_idx: dict[str, np.ndarray], rec: np.ndarray | None, c: np.ndarray | None,
-             u: np.ndarray, buf: dict[str, np.ndarray]):
+             u: np.ndarray, buf: dict[str, np.ndarray], want_last: bool = True):
         """One packet for each of ``rows`` (indices into ``base``, the ``flow_rows`` of all flows).
 
         ``row_idx``: from ``row_index``; ``rec``, ``c``: the recurrent term
         ``h @ U_rec`` and the cell state, updated in place (None: the zero state, and the new
         values are then returned in fresh arrays); ``u``: n x 5 uniform numbers; ``buf``: from
-        ``buffers``. Returns (tokens n x 4 [dir, flag, code, gap], last n bool, rec, c).
+        ``buffers``; ``want_last``: False skips the end-of-flow head (``last`` is then None).
+        Returns (tokens n x 4 [dir, flag, code, gap], last n bool, rec, c).
         """
         U, hid, m = self.U, self.hidden, len(rows)
         A = buf["A"][:m]
@@ -245,6 +258,8 @@ class StepNet:
         drawn = {}
         last = None
         for j, head in enumerate(HEADS):
+            if head == "last" and not want_last:
+                break
             z = pre[:, j * hid:(j + 1) * hid]
             for name, T in self.cur_tables[head]:
                 z += T[drawn[name]]
