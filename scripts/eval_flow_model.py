@@ -13,11 +13,14 @@ holds (conditions drawn from the training flows' app / size-class mix), and prin
    log10 gaps (s, floored at 1 us, packets after the first); JSD (necst.evaluate.jsd, nats) of
    the bigram counts of consecutive flag combinations with start/end marks (^, $), and of
    flag+direction tokens;
-3. cost: training seconds per kind and sampling seconds for 10,000 flows (first call, which
-   builds the compiled step, and a second call).
+3. cost: training seconds (wall and CPU) per kind and sampling seconds for 10,000 flows.
+
+With --validate the held-out part is not read: the training part is cut again per device
+(its last 30 % of captures by time are the validation part), for choosing settings.
 
 usage: PYTHONPATH=. python scripts/eval_flow_model.py [--train DIR] [--heldout DIR]
        [--packet-model length|train|BUNDLE] [--epochs N] [--seed S] [--save DIR] [--time-data DIR]
+       [--validate] [--prev-in-heads 0|1]
 Datasets are made from ../shared/tools/iot_split.py when the folders do not exist.
 """
 from __future__ import annotations
