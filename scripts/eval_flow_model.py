@@ -13,11 +13,14 @@ holds (conditions drawn from the training flows' app / size-class mix), and prin
    log10 gaps (s, floored at 1 us, packets after the first); JSD (necst.evaluate.jsd, nats) of
    the bigram counts of consecutive flag combinations with start/end marks (^, $), and of
    flag+direction tokens;
-3. cost: training seconds per kind and sampling seconds for 10,000 flows (first call, which
-   builds the compiled step, and a second call).
+3. cost: training seconds (wall and CPU) per kind and sampling seconds for 10,000 flows.
+
+With --validate the held-out part is not read: the training part is cut again per device
+(its last 30 % of captures by time are the validation part), for choosing settings.
 
 usage: PYTHONPATH=. python scripts/eval_flow_model.py [--train DIR] [--heldout DIR]
        [--packet-model length|train|BUNDLE] [--epochs N] [--seed S] [--save DIR] [--time-data DIR]
+       [--validate] [--prev-in-heads 0|1]
 Datasets are made from ../shared/tools/iot_split.py when the folders do not exist.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from necst.evaluate import emd, jsd
 from necst.evaluate.metrics import align_counts
@@ -48,6 +52,32 @@ def ensure_split(train: Path, heldout: Path) -> None:
     for part, out in (("train", train), ("heldout", heldout)):
         if not out.exists():
             process_captures([p for k, p in rows if k == part], out)
+
+
+def validation_split(ds, share: float = 0.3):
+    """The training part cut again the way the standard split cuts: per device, the last
+    ``share`` of its captures by time are the validation part. For choosing settings without
+    looking at the held-out part."""
+    import pyarrow.compute as pc
+
+    from necst.process.dataset import Dataset
+
+    inputs = ds.meta["inputs"]
+    by_dev: dict = {}
+    for i, inp in enumerate(inputs):
+        by_dev.setdefault(str(Path(inp["path"]).parent), []).append((inp["first_ts_ns"] or 0, i))
+    val = set()
+    for files in by_dev.values():
+        files.sort()
+        k = int(round(len(files) * share)) if len(files) > 1 else 0
+        val |= {i for _, i in files[len(files) - k:]}
+    is_val = pc.is_in(ds.packets["file_index"], value_set=pa.array(sorted(val), type=ds.packets["file_index"].type))
+    parts = []
+    for mask in (pc.invert(is_val), is_val):
+        pk = ds.packets.filter(mask)
+        fl = ds.flows.filter(pc.is_in(ds.flows["flow_id"], value_set=pc.unique(pk["flow_id"])))
+        parts.append(Dataset(pk, fl, ds.meta))
+    return parts
 
 
 def real_frame(pf: pd.DataFrame) -> pd.DataFrame:
@@ -138,16 +168,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", type=Path, default=None, help="write the trained flow model here")
     ap.add_argument("--load", type=Path, default=None, help="measure this trained flow model instead")
+    ap.add_argument("--validate", action="store_true",
+                    help="fit on the first 70%% of the training part's captures per device and measure "
+                         "against the rest (the held-out part is not read)")
+    ap.add_argument("--prev-in-heads", type=int, default=1, help="1: architecture v2, 0: v1")
     ap.add_argument("--time-data", type=Path, default=None,
                     help="also time training on this dataset folder (e.g. 200k packets)")
     a = ap.parse_args()
 
     ensure_split(a.train, a.heldout)
     train, held = load_dataset(a.train), load_dataset(a.heldout)
+    if a.validate:
+        train, held = validation_split(train)
+        print("validation mode: fit part vs validation part of the training captures")
     pm, pm_name = load_packet_model(a.packet_model, train)
     print(f"train {train.packets.num_rows} packets, held-out {held.packets.num_rows}; packet model: {pm_name}")
 
-    fm = FlowModel.load(a.load) if a.load else FlowModel(epochs=a.epochs, seed=a.seed).fit(train, pm)
+    cpu0 = time.process_time()
+    fm = FlowModel.load(a.load) if a.load else FlowModel(epochs=a.epochs, seed=a.seed,
+                                                            prev_in_heads=bool(a.prev_in_heads)).fit(train, pm)
+    fit_cpu = time.process_time() - cpu0
     if a.save:
         fm.save(a.save, force=True)
     real_tr = real_frame(packet_features(train.packets))
@@ -189,12 +229,13 @@ def main() -> None:
     for k, h in fm.history_.items():
         print(f"train {k}: {h['seconds']:.1f} s, {len(h['loss'])} epochs, {h['windows']} windows")
     print(f"train all: {fm.fit_seconds_:.1f} s on {train.packets.num_rows} packets"
-          + (f" (loaded from {a.load})" if a.load else ""))
+          + (f" (loaded from {a.load})" if a.load else f", CPU {fit_cpu:.1f} s"))
     print(f"sample {len(req)} flows ({len(synth)} packets): {t_sample:.2f} s (first call)")
     req10 = fm.sample_requests(10_000, seed=a.seed + 2)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     s10 = fm.sample(req10, pm, seed=a.seed + 2)
-    print(f"sample 10,000 flows ({len(s10)} packets): {time.perf_counter() - t:.2f} s")
+    print(f"sample 10,000 flows ({len(s10)} packets): {time.perf_counter() - t:.2f} s, "
+          f"CPU {time.process_time() - c:.2f} s")
     if a.time_data:
         big = load_dataset(a.time_data)
         pm_big = pm if a.packet_model != "length" else load_packet_model("length", big)[0]

@@ -18,7 +18,8 @@ the state at every multiple of ``window``), so what the model sees when sampling
 was trained on. Sampling advances all active flows of a kind at once, one batched step per
 packet index; nothing in it forces flags: the handshake and teardown are learned.
 
-TensorFlow is imported only inside the functions that train or run a model.
+TensorFlow is imported only to train. Sampling runs the trained networks in numpy
+(``necst.model.lstm_numpy``) from the weights stored in the bundle.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from necst.errors import NecstError
+from necst.errors import BundleError, NecstError
+from necst.model.lstm_numpy import ARCH_V1, ARCH_V2, StepNet, keras_arrays
 from necst.process.features import NOT_TCP, flag_bits, packet_features
 
 KINDS = ("tcp", "udp", "noflow")
@@ -39,6 +41,8 @@ SIZE_EDGES_ARR = np.asarray(SIZE_EDGES, dtype=np.int64)
 N_POS = 16 + 24  # positions 0..15 as themselves, then one bucket per power of two
 GAP_FLOOR_S = 1e-6  # gaps below this (timestamps in microseconds) are 0
 OTHER_APP = "other"
+BLOCK_ROWS = 1024  # flows per numpy step call when sampling: keeps its arrays in cache
+FORMAT_VERSION = 2  # 1: networks as .keras files; 2: networks as arrays, run in numpy
 INPUT_NAMES = ("prev_dir", "prev_flag", "prev_code", "prev_gap", "cur_dir", "cur_flag", "cur_code",
                "cur_gap", "app", "size", "pos", "rem")
 
@@ -108,22 +112,26 @@ class FlowModel:
     ``fit(dataset, packet_model)`` with any packet model that has ``n_codes(kind)``,
     ``encode(packet_features, kind)`` and ``sample_codes(codes, kind, seed)``;
     ``sample(requests, packet_model, seed)`` returns one row per generated packet.
-    Learned state: ``vocab_`` and ``models_`` per kind, ``gap_edges_``, ``history_``.
+    Learned state: ``vocab_`` and ``arrays_`` (the network's weights, run in numpy when
+    sampling) per kind, ``arch_``, ``gap_edges_``, ``history_``; after ``fit`` also the Keras
+    networks in ``models_`` (not saved).
     """
 
     def __init__(self, units: int = 96, window: int = 64, epochs: int = 70, batch_size: int = 128,
                  learning_rate: float = 3e-3, n_gap_bins: int = 128, min_flag_count: int = 3,
                  max_flags: int = 32, min_app_count: int = 5, val_fraction: float = 0.1,
-                 patience: int = 4, seed: int = 0, verbose: bool = False):
+                 patience: int = 4, prev_in_heads: bool = True, end_at_count: bool = True,
+                 code_pool: int = 256, seed: int = 0, verbose: bool = False):
         self.units, self.window, self.epochs, self.batch_size = units, window, epochs, batch_size
         self.learning_rate, self.n_gap_bins = learning_rate, n_gap_bins
         self.min_flag_count, self.max_flags, self.min_app_count = min_flag_count, max_flags, min_app_count
         self.val_fraction, self.patience, self.seed, self.verbose = val_fraction, patience, seed, verbose
+        self.prev_in_heads, self.end_at_count, self.code_pool = prev_in_heads, end_at_count, code_pool
 
     def get_config(self) -> dict:
         return {k: getattr(self, k) for k in (
             "units", "window", "epochs", "batch_size", "learning_rate", "n_gap_bins", "min_flag_count",
-            "max_flags", "min_app_count", "val_fraction", "patience", "seed")}
+            "max_flags", "min_app_count", "val_fraction", "patience", "prev_in_heads", "end_at_count", "code_pool", "seed")}
 
     # -- data -----------------------------------------------------------------------------
 
@@ -251,7 +259,10 @@ class FlowModel:
         self.gap_edges_ = self._gap_edges(pf["gap_s"].to_numpy(np.float64)[later])
         keras.utils.set_random_seed(self.seed)
         tf.config.experimental.enable_op_determinism()
-        self.vocab_, self.models_, self.history_ = {}, {}, {}
+        self.vocab_, self.models_, self.arrays_, self.history_ = {}, {}, {}, {}
+        self.arch_ = self._arch()
+        self.__dict__.pop("_nets", None)
+        self.__dict__.pop("_pools", None)
         kinds = np.asarray(pf["kind"].astype(str))
         for ki, kind in enumerate(KINDS):
             rows = pf[kinds == kind]
@@ -263,6 +274,7 @@ class FlowModel:
             model = self._build(vocab)
             self.history_[kind] = self._train(model, tok, vocab, self.seed + ki)
             self.models_[kind] = model
+            self.arrays_[kind] = keras_arrays(model)
             if self.verbose:
                 h = self.history_[kind]
                 print(f"flow model {kind}: {len(rows)} packets, {len(tok['seq_start'])} flows, "
@@ -270,6 +282,10 @@ class FlowModel:
                       f"{h['seconds']:.0f} s", flush=True)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
+
+    def _arch(self) -> dict:
+        """The network's inputs per part (lstm_numpy.ARCH_V1, or V2 with ``prev_in_heads``)."""
+        return ARCH_V2 if self.prev_in_heads else ARCH_V1
 
     def _build(self, vocab: _Vocab):
         import keras
@@ -285,25 +301,20 @@ class FlowModel:
                 L.Embedding(len(SIZE_EDGES), 8, name="e_size")(inp["size"]),
                 L.Embedding(N_POS, 8, name="e_pos")(inp["pos"]),
                 L.Embedding(N_POS, 8, name="e_rem")(inp["rem"])]
-        x = L.Concatenate(name="step_in")([e_dir(inp["prev_dir"]), e_flag(inp["prev_flag"]),
-                                           e_code(inp["prev_code"]), e_gap(inp["prev_gap"])] + cond)
-        h = L.LSTM(U, return_sequences=True, name="lstm")(x)
-        hc = L.Concatenate(name="h_cond")([h] + cond)
-        cd, cf = e_dir(inp["cur_dir"]), e_flag(inp["cur_flag"])
-        cc, cg = e_code(inp["cur_code"]), e_gap(inp["cur_gap"])
-
-        def head(name, parts, n):
-            z = L.Concatenate(name=f"{name}_in")(parts) if len(parts) > 1 else parts[0]
+        emb = {"dir": e_dir, "flag": e_flag, "code": e_code, "gap": e_gap}
+        arch = self._arch()
+        parts = dict(zip(("app", "size", "pos", "rem"), cond))
+        for tname, layer in emb.items():
+            parts[f"prev_{tname}"] = layer(inp[f"prev_{tname}"])
+            parts[f"cur_{tname}"] = layer(inp[f"cur_{tname}"])
+        x = L.Concatenate(name="step_in")([parts[p] for p in arch["step"]])
+        parts["h"] = L.LSTM(U, return_sequences=True, name="lstm")(x)
+        n_out = {"dir": 2, "flag": F, "code": C, "gap": G, "last": 1}
+        out = {}
+        for name, names in arch["heads"].items():
+            z = L.Concatenate(name=f"{name}_in")([parts[p] for p in names])
             z = L.Dense(64, activation="relu", name=f"{name}_hidden")(z)
-            return L.Dense(n, name=name)(z)
-
-        out = {
-            "dir": head("dir", [hc], 2),
-            "flag": head("flag", [hc, cd], F),
-            "code": head("code", [hc, cd, cf], C),
-            "gap": head("gap", [hc, cd, cf, cc], G),
-            "last": head("last", [hc, cd, cf, cc, cg], 1),
-        }
+            out[name] = L.Dense(n_out[name], name=name)(z)
         return keras.Model(inp, out, name="necst_flow_lstm")
 
     def _train(self, model, tok: dict, vocab: _Vocab, seed: int) -> dict:
@@ -399,77 +410,36 @@ class FlowModel:
     # -- sampling -------------------------------------------------------------------------
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "models_"):
+        if not hasattr(self, "arrays_"):
             raise NecstError("flow model is not fitted: call fit(dataset, packet_model) or load a bundle")
 
     def sample_requests(self, n: int | dict, seed: int = 0) -> pd.DataFrame:
         """Flow requests drawn from the training flows' (kind, app, packets) mix.
 
-        ``n``: a total (split over kinds as in training) or ``{kind: count}``.
+        ``n``: a total (split over kinds as in training) or ``{kind: count}``. Systematic
+        sampling (one seeded offset, evenly spaced draws over the cumulative mix, then shuffled):
+        the requests hold the mix in its proportions, without the multinomial noise of
+        independent draws, which for a few hundred flows is as large as the train-vs-held-out
+        distance the flow model is measured against.
         """
         self._check_fitted()
         rng = np.random.default_rng(seed)
         if not isinstance(n, dict):
             tot = {k: int(v.cond_count.sum()) for k, v in self.vocab_.items()}
             share = np.array(list(tot.values()), dtype=float)
-            counts = rng.multinomial(int(n), share / share.sum())
+            counts = np.bincount(_systematic(share, int(n), rng), minlength=len(share))
             n = dict(zip(tot, counts.tolist()))
         parts = []
         for kind, k in n.items():
             if kind not in self.vocab_:
                 raise NecstError(f"flow model has no {kind!r} flows")
             v = self.vocab_[kind]
-            pick = rng.choice(len(v.cond_count), size=int(k), p=v.cond_count / v.cond_count.sum())
+            pick = rng.permutation(_systematic(v.cond_count.astype(float), int(k), rng))
             parts.append(pd.DataFrame({"kind": kind, "app": np.array(v.apps, dtype=object)[v.cond_app[pick]],
                                        "packets": v.cond_packets[pick]}))
         out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["kind", "app", "packets"])
         out["size_class"] = size_class(out["packets"].to_numpy(np.int64))
         return out
-
-    def _step_fn(self, kind: str):
-        """A compiled one-packet step for all active flows of a kind (built once per kind)."""
-        cache = self.__dict__.setdefault("_steps", {})
-        if kind in cache:
-            return cache[kind]
-        import tensorflow as tf
-
-        m = self.models_[kind]
-        Lr = {layer.name: layer for layer in m.layers}
-        cell = Lr["lstm"].cell
-
-        def head(name, parts):
-            z = Lr[f"{name}_in"](parts) if len(parts) > 1 else parts[0]
-            return Lr[name](Lr[f"{name}_hidden"](z))
-
-        def draw(logits, seed):
-            return tf.cast(tf.random.stateless_categorical(logits, 1, seed=seed)[:, 0], tf.int32)
-
-        U = self.units
-        spec = [tf.TensorSpec([None, 4], tf.int32), tf.TensorSpec([None], tf.int32),
-                tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
-                tf.TensorSpec([None, U], tf.float32), tf.TensorSpec([None, U], tf.float32),
-                tf.TensorSpec([5, 2], tf.int64)]
-
-        @tf.function(input_signature=spec, autograph=False)
-        def step(prev, app, size, pos, rem, h, c, seeds):
-            cond = [Lr["e_app"](app), Lr["e_size"](size), Lr["e_pos"](pos), Lr["e_rem"](rem)]
-            x = Lr["step_in"]([Lr["e_dir"](prev[:, 0]), Lr["e_flag"](prev[:, 1]),
-                               Lr["e_code"](prev[:, 2]), Lr["e_gap"](prev[:, 3])] + cond)
-            out, (h, c) = cell(x, [h, c], training=False)
-            hc = Lr["h_cond"]([out] + cond)
-            d = draw(head("dir", [hc]), seeds[0])
-            cd = Lr["e_dir"](d)
-            f = draw(head("flag", [hc, cd]), seeds[1])
-            cf = Lr["e_flag"](f)
-            k = draw(head("code", [hc, cd, cf]), seeds[2])
-            ck = Lr["e_code"](k)
-            g = draw(head("gap", [hc, cd, cf, ck]), seeds[3])
-            p_last = tf.sigmoid(head("last", [hc, cd, cf, ck, Lr["e_gap"](g)])[:, 0])
-            u = tf.random.stateless_uniform(tf.shape(p_last), seed=seeds[4])
-            return tf.stack([d, f, k, g], axis=1), u < p_last, h, c
-
-        cache[kind] = step
-        return step
 
     def sample(self, requests: pd.DataFrame, packet_model, seed: int = 0) -> pd.DataFrame:
         """One row per generated packet of each requested flow.
@@ -477,14 +447,15 @@ class FlowModel:
         ``requests``: columns ``kind``, ``app``, and ``packets`` (the flow's packet count, which
         conditions the model; it learned to place the teardown before the end) or ``size_class``
         (a count is then drawn from the training flows of that class); optional ``max_packets``
-        cuts a flow short. A flow stops when the model says so or at its count. Columns out: ``flow``
+        cuts a flow short. A flow has exactly its count (``end_at_count``, the default: the count
+        is what the aggregate level planned, and the model knows the packets remaining at each
+        step, so its end-of-flow head only echoes it); with ``end_at_count=False`` it also
+        stops where the end-of-flow head says so. Columns out: ``flow``
         (row number in ``requests``), ``pos``, ``kind``, ``app``, ``direction``, ``flag_combo``,
         ``tcp_flags`` (nullable UInt16, null for non-TCP), ``code``, ``gap_s`` (0 for the first
         packet), ``time_s`` (since the flow's first packet), then the packet model's fields of
         the code that are not already there (``wire_len``, ``hdr_len``, ``payload_len``, ...).
         """
-        import tensorflow as tf
-
         self._check_fitted()
         req = self._requests(requests)
         parts = []
@@ -492,9 +463,9 @@ class FlowModel:
             sel = np.flatnonzero(req["kind"].to_numpy() == kind)
             if len(sel) == 0:
                 continue
-            if kind not in self.models_:
+            if kind not in self.vocab_:
                 raise NecstError(f"flow model was trained without {kind!r} flows; cannot sample them")
-            parts.append(self._sample_kind(kind, ki, req.iloc[sel], sel, packet_model, seed, tf))
+            parts.append(self._sample_kind(kind, ki, req.iloc[sel], sel, packet_model, seed))
         cols = ["flow", "pos", "kind", "app", "direction", "flag_combo", "tcp_flags", "code", "gap_s", "time_s"]
         if not parts:
             return pd.DataFrame(columns=cols)
@@ -533,10 +504,74 @@ class FlowModel:
         req["max_packets"] = cap
         return req
 
-    def _sample_kind(self, kind, ki, req, flow_ids, packet_model, seed, tf) -> pd.DataFrame:
+    def _net(self, kind: str) -> StepNet:
+        nets = self.__dict__.setdefault("_nets", {})
+        if kind not in nets:
+            nets[kind] = StepNet(self.arrays_[kind], self.arch_, self.units)
+        return nets[kind]
+
+    def _tokens_sampled(self, kind, ki, app, size, target, cap, seed) -> tuple[np.ndarray, ...]:
+        """The autoregressive walk: one batched numpy step per packet index for all active flows.
+
+        Returns (local flow, position, tokens [dir, flag, code, gap]) in step order. Finished
+        flows leave the batch, so a step costs what its active flows cost; the state resets at
+        every multiple of ``window``, as the training windows did.
+        """
+        v, net = self.vocab_[kind], self._net(kind)
+        n = len(app)
+        rng = np.random.default_rng([seed, ki, 1])
+        base = net.flow_rows({"app": app, "size": size})
+        rem_lut = _pos_bucket(np.arange(int(target.max()) + 1))
+        n_steps = int(cap.max())
+        pos_lut = _pos_bucket(np.arange(n_steps))
+        total = int(cap.sum())
+        o_flow = np.empty(total, np.int64)
+        o_pos = np.empty(total, np.int32)
+        o_tok = np.empty((total, 4), np.int32)
+        act = np.arange(n)
+        tgt, cp = target.copy(), cap.copy()
+        prev = np.tile(np.array([2, len(v.flags), v.n_codes, self.n_gap_bins], np.int32), (n, 1))
+        state = None  # (rec, c) of the active flows; None: the zero state
+        buf = net.buffers(min(n, BLOCK_ROWS))
+        want_last = not self.end_at_count
+        at = 0
+        for t in range(n_steps):
+            if t % self.window == 0:
+                state = None
+            m = len(act)
+            u = rng.random((m, 5), dtype=np.float32)
+            idx = net.row_index(prev, int(pos_lut[t]), rem_lut[tgt - 1 - t])
+            tok = np.empty((m, 4), np.int32)
+            last = np.empty(m, bool)
+            new_rec = np.empty((m, 4 * self.units), np.float32) if state is None else state[0]
+            new_c = np.empty((m, self.units), np.float32) if state is None else state[1]
+            # blocks of rows small enough that a step's work arrays stay in the CPU's cache
+            for b0 in range(0, m, BLOCK_ROWS):
+                b1 = min(b0 + BLOCK_ROWS, m)
+                r, cc = (None, None) if state is None else (new_rec[b0:b1], new_c[b0:b1])
+                tk, ls, r, cc = net.step(base, act[b0:b1], {k: v[b0:b1] for k, v in idx.items()},
+                                         r, cc, u[b0:b1], buf, want_last)
+                tok[b0:b1] = tk
+                if want_last:
+                    last[b0:b1] = ls
+                if state is None:
+                    new_rec[b0:b1], new_c[b0:b1] = r, cc
+            state = (new_rec, new_c)
+            o_flow[at:at + m], o_pos[at:at + m], o_tok[at:at + m] = act, t, tok
+            at += m
+            keep = cp > t + 1
+            if want_last:
+                keep &= ~last
+            if not keep.all():
+                act, tgt, cp, tok = act[keep], tgt[keep], cp[keep], tok[keep]
+                state = (state[0][keep], state[1][keep])
+                if len(act) == 0:
+                    break
+            prev = tok
+        return o_flow[:at], o_pos[:at], o_tok[:at]
+
+    def _sample_kind(self, kind, ki, req, flow_ids, packet_model, seed) -> pd.DataFrame:
         v = self.vocab_[kind]
-        step = self._step_fn(kind)
-        n = len(req)
         app = v.app_ids(req["app"].to_numpy())
         size = req["size_class"].to_numpy().astype(np.int32)
         target = req["packets"].to_numpy(np.int64).copy()
@@ -544,35 +579,12 @@ class FlowModel:
             todo = target == 0
             target[todo] = v.packets_for(size[todo], np.random.default_rng([seed, ki, 7]))
         cap = np.minimum(target, req["max_packets"].to_numpy())
-        U = self.units
-        active = np.arange(n)
-        prev = np.tile(np.array([2, len(v.flags), v.n_codes, self.n_gap_bins], np.int32), (n, 1))
-        h = np.zeros((n, U), np.float32)
-        c = np.zeros((n, U), np.float32)
-        got_flow, got_pos, got_tok = [], [], []
-        t = 0
-        while len(active):
-            if t and t % self.window == 0:
-                h[:], c[:] = 0.0, 0.0
-            seeds = tf.constant([[seed, ki * 1_000_003 + t * 8 + j] for j in range(5)], dtype=tf.int64)
-            posb = np.full(len(active), _pos_bucket(np.array([t]))[0], np.int32)
-            remb = _pos_bucket(np.maximum(target[active] - 1 - t, 0))
-            tok, end, h_t, c_t = step(tf.constant(prev), tf.constant(app[active]), tf.constant(size[active]),
-                                      tf.constant(posb), tf.constant(remb), tf.constant(h), tf.constant(c), seeds)
-            tok = tok.numpy()
-            got_flow.append(active)
-            got_pos.append(np.full(len(active), t, np.int64))
-            got_tok.append(tok)
-            keep = ~(end.numpy() | (t + 1 >= cap[active]))
-            active = active[keep]
-            prev = tok[keep]
-            h, c = h_t.numpy()[keep], c_t.numpy()[keep]
-            t += 1
-        local = np.concatenate(got_flow)
-        pos = np.concatenate(got_pos)
-        tok = np.concatenate(got_tok)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):  # small products: threads cost more than they give
+            local, pos, tok = self._tokens_sampled(kind, ki, app, size, target, cap, seed)
         order = np.lexsort((pos, local))
-        local, pos, tok = local[order], pos[order], tok[order]
+        local, pos, tok = local[order], pos[order].astype(np.int64), tok[order]
         rng = np.random.default_rng([seed, ki])
         flags = np.array(v.flags, dtype=object)[tok[:, 1]]
         gap = self._gap_values(tok[:, 3], rng)
@@ -584,18 +596,39 @@ class FlowModel:
             lut = np.array([flag_bits(f) for f in v.flags], dtype=np.int64)
             bits = pd.array(lut[tok[:, 1]], dtype="UInt16")
         else:
-            bits = pd.array([None] * len(flags), dtype="UInt16")
-        out = pd.DataFrame({
-            "flow": flow_ids[local], "pos": pos, "kind": kind,
+            bits = pd.arrays.IntegerArray(np.zeros(len(flags), np.uint16), np.ones(len(flags), bool))
+        out = {
+            "flow": flow_ids[local], "pos": pos, "kind": np.full(len(pos), kind, dtype=object),
             "app": req["app"].to_numpy(dtype=object)[local], "direction": tok[:, 0].astype(np.uint8),
             "flag_combo": flags, "tcp_flags": bits, "code": tok[:, 2].astype(np.int64),
             "gap_s": gap, "time_s": time_s,
-        })
-        fields = packet_model.sample_codes(out["code"].to_numpy(), kind, seed=int(seed) * 3 + ki)
-        for col in fields.columns:
-            if col not in out.columns:
-                out[col] = fields[col].to_numpy()
-        return out
+        }
+        fields = self._packet_fields(kind, ki, out["code"], packet_model, seed)
+        for col, values in fields.items():
+            if col not in out:
+                out[col] = values
+        return pd.DataFrame(out)
+
+    def _packet_fields(self, kind, ki, codes, packet_model, seed) -> dict:
+        """The packet model's fields for each code.
+
+        With ``code_pool`` = P > 0 the packet model decodes P draws per code once (seeded, kept
+        with this model) and each packet takes one of its code's draws at random: the same
+        distribution per code, at a fraction of the cost of decoding one draw per packet (which
+        ``code_pool=0`` does).
+        """
+        P = int(self.code_pool)
+        if P <= 0:
+            f = packet_model.sample_codes(codes, kind, seed=int(seed) * 3 + ki)
+            return {c: f[c].to_numpy() for c in f.columns}
+        pools = self.__dict__.setdefault("_pools", {})
+        got = pools.get(kind)
+        if got is None or got[0] is not packet_model:
+            n_codes = self.vocab_[kind].n_codes
+            f = packet_model.sample_codes(np.repeat(np.arange(n_codes), P), kind, seed=1_000_003 + ki)
+            got = pools[kind] = (packet_model, {c: f[c].to_numpy() for c in f.columns})
+        pick = codes * P + np.random.default_rng([seed, ki, 2]).integers(0, P, len(codes))
+        return {c: a[pick] for c, a in got[1].items()}
 
     def _gap_values(self, bins: np.ndarray, rng) -> np.ndarray:
         """Log-uniform within each bin; bin 0 (below the floor) is 0."""
@@ -608,15 +641,20 @@ class FlowModel:
     # -- persistence ----------------------------------------------------------------------
 
     def write_to(self, writer) -> None:
-        """Add the flow level to a bundle being written (``flow_*`` files, config in the manifest)."""
+        """Add the flow level to a bundle being written (``flow_*`` files, config in the manifest).
+
+        The networks are stored as arrays (``<kind>__<layer>`` in ``flow_arrays.npz``) with their
+        architecture in ``flow_config.json``: sampling needs neither Keras nor TensorFlow.
+        """
         self._check_fitted()
         writer.config["flow"] = self.get_config()
         arrays = {"gap_edges": self.gap_edges_}
         for kind, v in self.vocab_.items():
             arrays.update(v.arrays(kind))
-            writer.add_file(f"flow_{kind}.keras", self.models_[kind].save)
+            arrays.update({f"{kind}__{name}": a for name, a in self.arrays_[kind].items()})
         writer.add_arrays("flow_arrays.npz", **arrays)
         writer.add_json("flow_config.json", {
+            "format": FORMAT_VERSION, "arch": self.arch_,
             "config": self.get_config(), "kinds": {k: v.to_json() for k, v in self.vocab_.items()},
             "size_edges": list(SIZE_EDGES), "n_pos": N_POS,
             "history": {k: {kk: vv for kk, vv in h.items()} for k, h in self.history_.items()},
@@ -624,20 +662,36 @@ class FlowModel:
 
     @classmethod
     def read_from(cls, bundle) -> "FlowModel":
-        import keras
-
+        """The flow level of a bundle. Bundles of format 1 (networks as ``.keras`` files, before
+        numpy sampling) still load: their weights are read through Keras, which starts TensorFlow."""
         meta = bundle.json("flow_config.json")
         if list(meta.get("size_edges", [])) != list(SIZE_EDGES) or meta.get("n_pos") != N_POS:
-            raise NecstError("flow model in bundle was made with other size classes; retrain it", bundle.path)
-        model = cls(**meta["config"])
-        arrays = bundle.arrays("flow_arrays.npz")
-        model.gap_edges_ = arrays["gap_edges"]
-        model.vocab_, model.models_ = {}, {}
-        for kind, d in meta["kinds"].items():
-            model.vocab_[kind] = _Vocab.from_saved(d, arrays, kind)
-            model.models_[kind] = keras.models.load_model(bundle.file(f"flow_{kind}.keras"), compile=False)
-        model.history_ = meta.get("history", {})
-        model.fit_seconds_ = meta.get("fit_seconds")
+            raise BundleError("flow model in bundle was made with other size classes; retrain it", bundle.path)
+        fmt = meta.get("format", 1)
+        if fmt not in (1, FORMAT_VERSION):
+            raise BundleError(f"flow level format {fmt!r} is not {FORMAT_VERSION}; retrain with this necst",
+                              bundle.path)
+        try:
+            config = {k: v for k, v in meta["config"].items() if k in cls().get_config()}
+            model = cls(**config)
+            arrays = bundle.arrays("flow_arrays.npz")
+            model.gap_edges_ = np.asarray(arrays["gap_edges"], dtype=np.float64)
+            model.arch_ = meta.get("arch", ARCH_V1)
+            model.vocab_, model.arrays_ = {}, {}
+            for kind, d in meta["kinds"].items():
+                model.vocab_[kind] = _Vocab.from_saved(d, arrays, kind)
+                if fmt == 1:
+                    model.arrays_[kind] = _keras_file_arrays(bundle.file(f"flow_{kind}.keras"))
+                else:
+                    pre = f"{kind}__"
+                    model.arrays_[kind] = {k[len(pre):]: np.asarray(a, dtype=np.float32)
+                                           for k, a in arrays.items() if k.startswith(pre)}
+                model._net(kind)  # checks that the weights match the architecture
+            model.history_ = meta.get("history", {})
+            model.fit_seconds_ = meta.get("fit_seconds")
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"flow level is incomplete or malformed ({e.__class__.__name__}: {e})",
+                              bundle.path) from None
         return model
 
     def save(self, out: str | Path, force: bool = False) -> Path:
@@ -658,6 +712,18 @@ class FlowModel:
             raise NecstError("bundle holds no flow level", path)
         return cls.read_from(bundle)
 
+
+def _systematic(weights: np.ndarray, n: int, rng) -> np.ndarray:
+    """``n`` indices with frequencies proportional to ``weights``: one uniform offset, even steps."""
+    cum = np.cumsum(weights / weights.sum())
+    return np.minimum(np.searchsorted(cum, (rng.random() + np.arange(n)) / n, side="right"), len(cum) - 1)
+
+
+def _keras_file_arrays(path) -> dict:
+    """Weights of a flow network saved as a ``.keras`` file (format-1 bundles)."""
+    import keras
+
+    return keras_arrays(keras.models.load_model(path, compile=False))
 
 
 def flow_structure(packets: pd.DataFrame, flow_col: str = "flow", pos_col: str = "pos") -> dict:
