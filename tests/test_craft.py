@@ -77,9 +77,11 @@ def test_unanswered_attempt_kept_with_its_retransmissions():
 
 
 def test_refused_attempt_gets_rst_ack_of_the_syn():
-    f = _one_flow([SYN, RST], [0, 1], [0, 0], attempts=True)
+    f = _one_flow([SYN, RST | ACK], [0, 1], [0, 0], attempts=True)
     assert f["tcp_flags"].tolist() == [SYN, RST | ACK]
     assert int(f["ack"][1]) == (int(f["seq"][0]) + 1) & 0xFFFFFFFF
+    bare = _one_flow([SYN, RST], [0, 1], [0, 0], attempts=True)  # a bare RST stays bare
+    assert bare["tcp_flags"].tolist() == [SYN, RST] and int(bare["ack"][1]) == 0
 
 
 def test_syn_retransmission_before_a_handshake():

@@ -38,7 +38,8 @@ TCP repair rules (as little change as possible; counted in ``PacketFields.repair
    SYN+ACK (responder) and ACK (initiator, no SYN/RST; may carry data). A packet that matches
    is kept; for each step that does not match, a zero-payload packet with exactly that flag
    set is inserted before it, at its timestamp. SYN and SYN+ACK carry no payload.
-2. After the handshake, SYN is cleared and ACK set on every packet.
+2. After the handshake, SYN is cleared and ACK set on every packet but a closing RST sent
+   without ACK (a bare RST, as stacks send; its acknowledgement field is then 0).
 3. RST only on the last packet of a flow (cleared elsewhere); a RST carries no payload, FIN
    or PSH.
 4. Each direction sends at most one FIN: its last one is kept, earlier ones cleared; packets
@@ -269,9 +270,10 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     t = tcp_row
     off = np.repeat(hs_off, np.diff(np.append(firsts, len(flow))))  # insertions come after a SYN run
     zero_pl = t & (pos_in <= 1 + off) & (pl > 0)
-    # rule 2
+    # rule 2 (a flow's closing RST without ACK stays so: stacks send bare RSTs, 0.8 % of real packets)
+    bare_rst = t & last & (pos_in >= 1) & ((fl & (RST | ACK)) == RST)
     fl = np.where(t & (pos_in >= 2 + off), fl & ~SYN, fl)
-    fl = np.where(t & (pos_in >= 1) & ~retx, fl | ACK, fl)
+    fl = np.where(t & (pos_in >= 1) & ~retx & ~bare_rst, fl | ACK, fl)
     # rule 3
     fl = np.where(t & ~last, fl & ~RST, fl)
     rst = t & last & ((fl & RST) != 0)
