@@ -33,7 +33,7 @@ def make_tables(n_flows=300, seed=0, messy=True):
         src_port=49152 + np.arange(n_flows), dst_port=np.where(kinds == "tcp", tcp_ports, udp_ports),
         ttl_src=64, ttl_dst=rng.choice([64, 128, 255], n_flows),
         win_src=rng.integers(0, 65536, n_flows), win_dst=29200,
-        app=rng.choice(["http", "tls", "dns", "unknown"], n_flows)))
+        app=rng.choice(["http", "tls", "dns", "unknown", "ssdp", "mdns", "ntp"], n_flows)))
     npk = rng.integers(1, 30, n_flows)
     flow = np.repeat(np.arange(n_flows), npk)
     n = len(flow)
@@ -339,3 +339,6 @@ def test_tshark_finds_crafted_capture_valid(tmp_path, tshark, payload):
     assert v["analysis_other_than_dup_ack"] == 0, v
     if payload == "app":
         assert _tshark_fields(tshark, path, "http.request || tls.record || dns.qry.name", "frame.number")
+        assert _tshark_fields(tshark, path, "ssdp", "frame.number")
+        assert _tshark_fields(tshark, path, "mdns", "frame.number")
+        assert _tshark_fields(tshark, path, "ntp.flags.mode == 3", "frame.number")

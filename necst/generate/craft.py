@@ -719,6 +719,13 @@ def _dhcp_message(reply: bool) -> bytes:
 
 
 _HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: necst\r\nAccept: */*\r\n\r\n"
+_SSDP = (b"NOTIFY * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nNTS: ssdp:alive\r\n\r\n",  # initiator
+         b"HTTP/1.1 200 OK\r\nST: upnp:rootdevice\r\n\r\n")  # a reply to a search
+_NTP = (bytes([0x23]) + bytes(47), bytes([0x24, 2]) + bytes(46))  # v4 client / server (stratum 2)
+
+
+def _port_rows(f: PacketFields, kind: int, port: int) -> np.ndarray:
+    return (f["kind"] == kind) & ((f["sport"] == port) | (f["dport"] == port))
 
 
 def _payload_bytes(f: PacketFields, mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -750,14 +757,26 @@ def _payload_bytes(f: PacketFields, mode: str) -> list[tuple[np.ndarray, np.ndar
     covered = np.zeros(len(f), bool)  # one piece per packet: pieces must not overlap
     for r, _ in out:
         covered[r] = True
-    if "dns" in apps:
-        rows = np.flatnonzero((app == apps["dns"]) & (kp == UDP) & (pl >= 17) & ~covered)
+    for name, port in (("dns", None), ("mdns", 5353)):
+        if name not in apps:
+            continue
+        rows = np.flatnonzero((app == apps[name]) & (kp == UDP) & (pl >= 17) & ~covered
+                              & (True if port is None else _port_rows(f, UDP, port)))
         for length in np.unique(pl[rows]):
             for resp in (False, True):
                 r = rows[(pl[rows] == length) & ((f["direction"][rows] == 1) == resp)]
                 msg = _dns_message(int(length), resp)
                 if len(r) and msg is not None:
                     out.append((r, _even_matrix(msg, len(r))))
+    # SSDP (HTTP over UDP 1900) and NTP (UDP 123): a request or reply header at the start, on their port
+    for name, port, least, pieces in (("ssdp", 1900, None, _SSDP), ("ntp", 123, 48, _NTP)):
+        if name not in apps:
+            continue
+        for reply, msg in enumerate(pieces):
+            rows = np.flatnonzero((app == apps[name]) & _port_rows(f, UDP, port) & (f["direction"] == reply)
+                                  & (pl >= (least or len(msg) + len(msg) % 2)) & ~covered)
+            if len(rows):
+                out.append((rows, _even_matrix(msg, len(rows))))
     for name in ("http", "http_proxy"):
         if name in apps:
             rows = np.flatnonzero((app == apps[name]) & (kp == TCP) & (f["direction"] == 0)
