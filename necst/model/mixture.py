@@ -164,7 +164,7 @@ def stratified_uniforms(groups: np.ndarray, rng: np.random.Generator) -> np.ndar
     n = len(groups)
     if n == 0:
         return np.zeros(0)
-    order = np.lexsort((rng.random(n), groups))
+    order = np.argsort(groups - groups.min() + rng.random(n))  # by group, random inside (one float sort)
     ranked = groups[order]
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - np.searchsorted(ranked, ranked, side="left")

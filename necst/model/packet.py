@@ -162,7 +162,7 @@ class QuantileBins:
         return cls(arrays[f"{prefix}edges"], arrays[f"{prefix}quantiles"], log, integer)
 
 
-def _rake(P: np.ndarray, target: np.ndarray, rounds: int = 300) -> np.ndarray:
+def _rake(P: np.ndarray, target: np.ndarray, rounds: int = 300, tol: float | None = None) -> np.ndarray:
     """Rows of probabilities reweighted per value (iterative proportional fitting) so that
     their mean is ``target`` (over the values the rows can take), weights clipped like the
     stored calibration's. The stored weights bring the model's shares to the training data's
@@ -174,7 +174,7 @@ def _rake(P: np.ndarray, target: np.ndarray, rounds: int = 300) -> np.ndarray:
     if target.sum() <= 0:
         return P
     target = target / target.sum()
-    tol = 0.1 / len(P)
+    tol = 0.1 / len(P) if tol is None else tol
     w = (target > 0).astype(np.float64)
     Q = P
     for _ in range(rounds):
@@ -350,6 +350,7 @@ class PacketModel:
         self._fit_mixtures(Z, Z_mean, kinds, positions)
         self.position_masks_ = self._position_masks(X, kinds, positions)
         self.calibration_, self.calibration_targets_ = self._calibration(X, kinds, positions, rng)
+        self.code_targets_ = self._code_targets(X, kinds, Z_mean)
         counts = pd.crosstab(kinds, positions)
         self.proportions_ = {k: {p: int(counts.loc[k, p]) if k in counts.index and p in counts.columns
                                  else 0 for p in POSITIONS} for k in KINDS}
@@ -433,6 +434,28 @@ class PacketModel:
                     with np.errstate(divide="ignore"):
                         out[b.name][i, j] = np.log(w)
         return out, targets
+
+    def _code_targets(self, X: np.ndarray, kinds: np.ndarray, Z_mean: np.ndarray | None = None) -> dict:
+        """Per kind and categorical head, the share of each value among the training packets of
+        each code (``{kind: {head: (n_codes, width)}}``): what ``sample_codes`` rakes a code's
+        draws to. A component of the pooled mixture decodes to a spread of payload bins wider
+        than its packets' own (measured in generated captures: packet length 15x the floor)."""
+        if Z_mean is None:
+            Z_mean = self._latent(X)
+        blocks = [b for b in self.spec_.blocks if b.kind == "categorical" and b.name != "kind"]
+        out: dict = {}
+        for k in KINDS:
+            rows = np.flatnonzero(kinds == k)
+            if len(rows) == 0 or self.mixture_for_.get(k) != k:
+                continue
+            codes = self.mixtures_[k].predict(Z_mean[rows])
+            size = np.bincount(codes, minlength=self.mixtures_[k].n_components).astype(np.float64)
+            out[k] = {}
+            for b in blocks:
+                sums = np.zeros((len(size), b.slice.stop - b.slice.start))
+                np.add.at(sums, codes, X[rows, b.slice].astype(np.float64))
+                out[k][b.name] = sums / np.maximum(size, 1.0)[:, None]
+        return out
 
     def _n_cont(self) -> int:
         sl = self.spec_.continuous_slice
@@ -562,7 +585,8 @@ class PacketModel:
         return out
 
     def _draw_heads(self, scores: np.ndarray, kinds: np.ndarray, strata: np.ndarray | None,
-                    rng: np.random.Generator, positions: np.ndarray | None = None) -> None:
+                    rng: np.random.Generator, positions: np.ndarray | None = None,
+                    codes: np.ndarray | None = None) -> None:
         """Draw each categorical head (kind aside) from its scores in place: the chosen value
         gets score 0, the others -inf, so the spec's argmax decodes it. The distribution per
         row is the softmax of the scores over the values the spec may decode for the row's
@@ -576,7 +600,17 @@ class PacketModel:
         by_name = {b.name: b for b in spec.blocks}
         kind_codes = np.argmax(scores[:, by_name["kind"].slice], axis=1)
         key = rng.random(n)
-        order = np.lexsort((key,) if strata is None else (key, np.asarray(strata)))
+        if strata is None:
+            order = np.argsort(key)
+        else:
+            strata = np.asarray(strata, dtype=np.int64)
+            order = np.argsort(strata - strata.min() + key)  # by stratum, random inside
+        code_rows = []
+        if positions is None and codes is not None and self.calibrate and n:
+            by_code = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[by_code], np.arange(codes.max() + 2))
+            code_rows = [(c, by_code[a:b]) for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
+                         if b - a >= RAKE_MIN_ROWS]
         for c in spec._cat:
             if c["name"] == "kind":
                 continue
@@ -610,10 +644,24 @@ class PacketModel:
                         rows = np.flatnonzero((kinds == k) & (positions == p))
                         if len(rows) >= RAKE_MIN_ROWS:
                             P[rows] = _rake(P[rows], targets[i, j])
-            chosen = systematic_categorical(P, order, rng)
-            out = np.full((n, width), -np.inf)
-            out[np.arange(n), chosen] = 0.0
-            scores[:, sl] = out
+            elif positions is None and codes is not None and self.calibrate and len(kinds):
+                # sample_codes: each code's draws raked to its own packets' shares
+                per_code = getattr(self, "code_targets_", {}).get(str(kinds[0]), {}).get(c["name"])
+                if per_code is not None:
+                    for code, rows in code_rows:
+                        if code < len(per_code) and per_code[code].sum() > 0:
+                            P[rows] = _rake(P[rows], per_code[code], rounds=30, tol=1e-3)
+            if positions is None and codes is not None:
+                # the codes path (flow model, one call per chunk): the cheaper stratified draw,
+                # inverse CDFs at Latin-hypercube uniforms per code
+                u = stratified_uniforms(codes, rng)
+                chosen = np.minimum((np.cumsum(P, axis=1) < u[:, None] * P.sum(axis=1)[:, None]).sum(axis=1),
+                                    width - 1)
+                chosen = np.where(P[np.arange(n), chosen] > 0, chosen, np.argmax(P, axis=1))
+            else:
+                chosen = systematic_categorical(P, order, rng)
+            scores[:, sl] = -np.inf
+            scores[np.arange(n), sl.start + chosen] = 0.0
 
     def _decode(self, Z: np.ndarray, kinds: np.ndarray, positions: np.ndarray | None,
                 rng: np.random.Generator, strata: np.ndarray | None = None) -> pd.DataFrame:
@@ -656,7 +704,8 @@ class PacketModel:
                             block[:, ~mask[i, j]] = -np.inf
                             scores[rows, sl] = block
         if self.decode == "sample":
-            self._draw_heads(scores, kinds, strata, rng, positions)
+            self._draw_heads(scores, kinds, strata, rng, positions,
+                             codes=strata if positions is None else None)
         df = spec.inverse_transform(scores)
         df["kind"] = kinds.astype(str)
         hdr = df["hdr_len"].to_numpy(dtype=np.int64)
@@ -722,6 +771,9 @@ class PacketModel:
             arrays[f"calibration_{name}"] = logw
         for name, target in getattr(self, "calibration_targets_", {}).items():
             arrays[f"target_{name}"] = target
+        for kind, heads in getattr(self, "code_targets_", {}).items():
+            for name, target in heads.items():
+                arrays[f"codetarget_{kind}__{name}"] = target
         writer.add_arrays("packet_network.npz", **arrays)
         mix = {}
         for key, m in self.mixtures_.items():
@@ -755,6 +807,11 @@ class PacketModel:
             # absent from bundles written before batch raking: those sample with the weights alone
             model.calibration_targets_ = {k[len("target_"):]: np.asarray(v, dtype=np.float64)
                                           for k, v in net.items() if k.startswith("target_")}
+            model.code_targets_ = {}
+            for key, v in net.items():
+                if key.startswith("codetarget_"):
+                    kind, name = key[len("codetarget_"):].split("__", 1)
+                    model.code_targets_.setdefault(kind, {})[name] = np.asarray(v, dtype=np.float64)
             mix = bundle.arrays("packet_mixtures.npz")
             keys = sorted({k.split("__")[0] for k in mix})
             model.mixtures_ = {k: Mixture.from_arrays(mix, f"{k}__") for k in keys}
