@@ -85,7 +85,29 @@ def test_pseudonyms_keep_subnets_locality_and_rank():
     assert out == _pseudonyms(ips, pop)
 
 
-def test_start_times_follow_rate_and_duration(model):
+def test_session_starts_keep_the_mean_rate(dataset, model):
+    starts = np.sort(dataset.flows.to_pandas()["first_seen_ns"].to_numpy(np.int64))
+    assert model.session_flows_.sum() == round(len(starts) * (1 - model.unsupported_share_))  # craftable flows
+    assert len(model.silence_s_) == len(model.session_flows_) - 1
+    assert np.all(model.silence_s_ > model.session_gap_s)
+    for n in (300, 5000):
+        plan = model.sample(n_flows=n, seed=5)
+        span = (plan["start_ns"].max() - plan["start_ns"].min()) / 1e9
+        assert len(plan) == n and np.all(np.diff(plan["start_ns"]) >= 0)
+        if len(model.silence_s_):  # the silences absorb the difference: the rate is the capture's
+            assert abs(n / span / model.mean_rate_ - 1) < 0.01, (n, span, model.mean_rate_)
+    # a duration: sessions and silences as learned, the mean rate in expectation, cut at the duration
+    long = 20 * model.session_flows_.sum() / model.mean_rate_
+    plan = model.sample(duration_s=long, seed=6)
+    assert (plan["start_ns"] - model.start_ns_).max() < long * 1e9
+    assert abs(len(plan) / (long * model.mean_rate_) - 1) < 0.35, (len(plan), long * model.mean_rate_)
+    two = model.sample(n_flows=400, seed=6, rate_scale=2.0)
+    one = model.sample(n_flows=400, seed=6)
+    assert np.ptp(two["start_ns"]) < 0.7 * np.ptp(one["start_ns"])
+
+
+def test_start_times_follow_rate_and_duration(dataset):
+    model = AggregateModel(seed=0, start_model="curve").fit(dataset)  # the calendar replayed
     length = len(model.rate_counts_) * model.bin_s_  # the learned curve's length in seconds
     total = model.rate_counts_.sum()
     plan = model.sample(duration_s=length, seed=4)

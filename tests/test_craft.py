@@ -33,7 +33,7 @@ def make_tables(n_flows=300, seed=0, messy=True):
         src_port=49152 + np.arange(n_flows), dst_port=np.where(kinds == "tcp", tcp_ports, udp_ports),
         ttl_src=64, ttl_dst=rng.choice([64, 128, 255], n_flows),
         win_src=rng.integers(0, 65536, n_flows), win_dst=29200,
-        app=rng.choice(["http", "tls", "dns", "unknown"], n_flows)))
+        app=rng.choice(["http", "tls", "dns", "unknown", "ssdp", "mdns", "ntp"], n_flows)))
     npk = rng.integers(1, 30, n_flows)
     flow = np.repeat(np.arange(n_flows), npk)
     n = len(flow)
@@ -55,7 +55,7 @@ def _read_back(path) -> pa.Table:
     return pa.Table.from_batches([decode(b) for b in CaptureReader(path)])
 
 
-def _one_flow(flags, dirs, payload, kind="tcp"):
+def _one_flow(flags, dirs, payload, kind="tcp", attempts=False):
     n = len(flags)
     packets = pd.DataFrame(dict(flow=0, ts_ns=T0 + np.arange(n) * 1000, direction=dirs,
                                 tcp_flags=flags, payload_len=payload))
@@ -63,10 +63,38 @@ def _one_flow(flags, dirs, payload, kind="tcp"):
                               src_mac=["02:00:00:00:00:01"], dst_mac=["02:00:00:00:00:02"],
                               src_port=[40000], dst_port=[80], ttl_src=[64], ttl_dst=[128],
                               win_src=[1000], win_dst=[0]))
-    return plan_packets(packets, flows, seed=1)
+    return plan_packets(packets, flows, seed=1, attempts=attempts)
 
 
 # ---- TCP state machine ----------------------------------------------------------------------
+def test_unanswered_attempt_kept_with_its_retransmissions():
+    f = _one_flow([SYN, SYN, SYN], [0, 0, 0], [0, 0, 0], attempts=True)
+    assert f["tcp_flags"].tolist() == [SYN, SYN, SYN]  # no handshake inserted, no FIN added
+    assert len(set(f["seq"].tolist())) == 1  # retransmissions repeat the SYN's sequence number
+    assert f.repairs["failed_attempts"] == 1 and f.repairs["syn_retransmissions"] == 2
+    old = _one_flow([SYN, SYN, SYN], [0, 0, 0], [0, 0, 0])  # without rule 0: repaired into a connection
+    assert old["tcp_flags"][1] == SYN | ACK and old.repairs["handshake_inserted"] == 2
+
+
+def test_refused_attempt_gets_rst_ack_of_the_syn():
+    f = _one_flow([SYN, RST | ACK], [0, 1], [0, 0], attempts=True)
+    assert f["tcp_flags"].tolist() == [SYN, RST | ACK]
+    assert int(f["ack"][1]) == (int(f["seq"][0]) + 1) & 0xFFFFFFFF
+    bare = _one_flow([SYN, RST], [0, 1], [0, 0], attempts=True)  # a bare RST stays bare
+    assert bare["tcp_flags"].tolist() == [SYN, RST] and int(bare["ack"][1]) == 0
+
+
+def test_syn_retransmission_before_a_handshake():
+    f = _one_flow([SYN, SYN, SYN | ACK, ACK, ACK | PSH, ACK], [0, 0, 1, 0, 0, 1], [0, 0, 0, 0, 10, 0],
+                  attempts=True)
+    assert f["tcp_flags"].tolist() == [SYN, SYN, SYN | ACK, ACK, ACK | PSH, ACK | FIN]
+    assert f.repairs["handshake_inserted"] == 0 and f.repairs["syn_retransmissions"] == 1
+    assert f["seq"][0] == f["seq"][1] and int(f["ack"][2]) == (int(f["seq"][0]) + 1) & 0xFFFFFFFF
+    # a SYN then data, the SYN+ACK missing: not an attempt, the handshake is completed
+    g = _one_flow([SYN, ACK | PSH], [0, 0], [0, 10], attempts=True)
+    assert g["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK | PSH | FIN] and g.repairs["failed_attempts"] == 0
+
+
 def test_data_only_flow_gets_handshake_and_fin():
     f = _one_flow([PSH | ACK, ACK], [1, 1], [100, 0])
     # the responder's data cannot be the handshake's ACK: SYN, SYN+ACK and ACK are inserted
@@ -268,11 +296,35 @@ def tshark_verdict(tshark, path) -> dict:
          "expert_errors": sum(_EXPERT_ERROR in r[0].split(",") for r in rows),
          "bad_checksums": sum(any("0" in f.split(",") for f in r[2:2 + len(_CSUM)]) for r in rows),
          "tcp_streams": len(first),
-         "streams_opening_with_syn": sum(1 for f in first.values() if f & 0x12 == SYN)}
+         "streams_opening_with_syn": sum(1 for f in first.values() if f & 0x12 == SYN),
+         "retransmissions_other_than_syn": len(_tshark_fields(
+             tshark, path, "tcp.analysis.retransmission && !(tcp.flags.syn == 1 && tcp.flags.ack == 0)",
+             "frame.number"))}
     for i, a in enumerate(_ANALYSIS):
         v[a] = sum(1 for r in rows if len(r) > 2 + len(_CSUM) + i and r[2 + len(_CSUM) + i])
     v["analysis_other_than_dup_ack"] = sum(v[a] for a in _ANALYSIS if a != "duplicate_ack")
+    v["analysis_other_than_dup_ack_or_syn_retransmission"] = (
+        v["analysis_other_than_dup_ack"] - v["retransmission"] + v["retransmissions_other_than_syn"])
     return v
+
+
+def test_tshark_sees_failed_attempts_as_real_ones(tmp_path, tshark):
+    """Unanswered and refused attempts: streams opening with a SYN, the repeated SYNs Wireshark's
+    retransmissions (as in real captures), nothing else flagged."""
+    rows = [(0, 0, SYN, 0), (0, 0, SYN, 0), (0, 0, SYN, 0), (1, 0, SYN, 0), (1, 1, RST, 0),
+            (2, 0, SYN, 0), (2, 0, SYN, 0), (2, 1, SYN | ACK, 0), (2, 0, ACK | PSH, 30), (2, 1, ACK, 0)]
+    packets = pd.DataFrame(rows, columns=["flow", "direction", "tcp_flags", "payload_len"])
+    packets["ts_ns"] = T0 + np.arange(len(rows)) * 10**9
+    flows = pd.DataFrame(dict(kind="tcp", src_ip="10.0.0.1", dst_ip="10.0.0.2", src_mac="02:00:00:00:00:01",
+                              dst_mac="02:00:00:00:00:02", src_port=[40000, 40001, 40002], dst_port=80))
+    fields = plan_packets(packets, flows, seed=3, attempts=True)
+    path = write_capture(tmp_path / "a.pcap", [build_frames(fields.take(fields.time_order()))])
+    v = tshark_verdict(tshark, path)
+    assert v["packets"] == len(rows)
+    assert v["tcp_streams"] == 3 and v["streams_opening_with_syn"] == 3, v
+    assert v["retransmission"] == 3 and v["retransmissions_other_than_syn"] == 0, v
+    assert v["analysis_other_than_dup_ack_or_syn_retransmission"] == 0, v
+    assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
 
 
 @pytest.mark.parametrize("payload", ["zeros", "app"])
@@ -287,3 +339,6 @@ def test_tshark_finds_crafted_capture_valid(tmp_path, tshark, payload):
     assert v["analysis_other_than_dup_ack"] == 0, v
     if payload == "app":
         assert _tshark_fields(tshark, path, "http.request || tls.record || dns.qry.name", "frame.number")
+        assert _tshark_fields(tshark, path, "ssdp", "frame.number")
+        assert _tshark_fields(tshark, path, "mdns", "frame.number")
+        assert _tshark_fields(tshark, path, "ntp.flags.mode == 3", "frame.number")

@@ -115,10 +115,18 @@ def test_generated_capture_is_valid_for_tshark(trained, tmp_path, tshark):
     v = tshark_verdict(tshark, r.path)
     assert v["packets"] == 100_000
     assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
-    # every TCP stream opens with a full handshake (a capture cut at N packets loses whole streams, not SYNs)
+    # every TCP stream opens with a SYN (a capture cut at N packets loses whole streams, not SYNs);
+    # those the flows leave unanswered or refused stay failed attempts, as in the real captures
     assert v["tcp_streams"] > 1000 and v["streams_opening_with_syn"] == v["tcp_streams"], v
-    # sequence numbers follow the payload: nothing missing, nothing acknowledged unseen, no reuse
-    assert v["analysis_other_than_dup_ack"] == 0, v
+    assert r.repairs["failed_attempts"] > 0
+    # sequence numbers follow the payload: nothing missing, nothing acknowledged unseen, no reuse;
+    # the only retransmissions are the attempts' repeated SYNs, no more frequent than in the real data
+    assert v["analysis_other_than_dup_ack_or_syn_retransmission"] == 0, v
+    p = ds.packets.select(["tcp_flags", "flow_pos", "direction"]).to_pandas()
+    real_syn_retx = int((((p["tcp_flags"].fillna(0).astype(int) & 0x17) == 0x2) & (p["flow_pos"] > 0)
+                         & (p["direction"] == 0)).sum())
+    assert v["retransmission"] <= r.repairs["syn_retransmissions"], v  # the capture may cut a flow short
+    assert v["retransmission"] / v["packets"] <= 1.5 * real_syn_retx / len(p) + 1e-3, (v, real_syn_retx)
 
 
 def test_cli_generate_needs_a_model(tmp_path):

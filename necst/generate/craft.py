@@ -26,11 +26,20 @@ window of packets sent by the initiator / by the responder); optional ``app``.
 
 TCP repair rules (as little change as possible; counted in ``PacketFields.repairs``)
 -----------------------------------------------------------------------------------
+0. Failed attempts (``attempts=True``, what :class:`~necst.generate.sampler.Sampler` asks for).
+   A flow that opens with a run of initiator SYNs and then ends, or ends with the responder's
+   RST right after the run, is a connection attempt that was not answered or was refused (9 in
+   10 of the real TCP flows without a handshake are such); it is kept as it is, retransmitted
+   SYNs repeating the first SYN's sequence number, and is not closed by rule 5. In any other
+   flow a run of SYNs is the handshake's first step with its retransmissions. Every TCP stream
+   still opens with a SYN; Wireshark marks the repeated SYNs as retransmissions, as it does in
+   real captures.
 1. Handshake. The first packets are matched in order against SYN (initiator, no ACK),
    SYN+ACK (responder) and ACK (initiator, no SYN/RST; may carry data). A packet that matches
    is kept; for each step that does not match, a zero-payload packet with exactly that flag
    set is inserted before it, at its timestamp. SYN and SYN+ACK carry no payload.
-2. After the handshake, SYN is cleared and ACK set on every packet.
+2. After the handshake, SYN is cleared and ACK set on every packet but a closing RST sent
+   without ACK (a bare RST, as stacks send; its acknowledgement field is then 0).
 3. RST only on the last packet of a flow (cleared elsewhere); a RST carries no payload, FIN
    or PSH.
 4. Each direction sends at most one FIN: its last one is kept, earlier ones cleared; packets
@@ -183,13 +192,33 @@ def _flow_starts(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return firsts[group], firsts
 
 
-def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=None):
-    """Apply the TCP repair rules (module docstring) to rows grouped by flow; returns new arrays."""
+def _syn_runs(flow, d, fl, tcp_row, row_first, firsts, counts):
+    """Per flow: how many initiator SYNs (no ACK, RST or FIN) open it, and whether it is a failed
+    connection attempt: nothing but that run, or the run then the responder's RST as the last packet."""
+    core = SYN | ACK | RST | FIN
+    syn = tcp_row & (d == 0) & ((fl & core) == SYN)
+    pos_in = np.arange(len(flow)) - row_first
+    brk = np.where(syn, np.iinfo(np.int64).max, pos_in)
+    run = np.minimum(np.minimum.reduceat(brk, firsts), counts) if len(flow) else np.zeros(0, np.int64)
+    after = np.minimum(firsts + run, len(flow) - 1)
+    refused = (run == counts - 1) & (d[after] == 1) & ((fl[after] & RST) != 0)
+    attempt = tcp_row[firsts] & (run >= 1) & ((run == counts) | refused)
+    return run, attempt
+
+
+def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=None, attempts=False):
+    """Apply the TCP repair rules (module docstring) to rows grouped by flow; returns new arrays,
+    the last one marking retransmitted SYNs (rule 0; all False unless ``attempts``)."""
     row_first, firsts = _flow_starts(flow)
     counts = np.diff(np.append(firsts, len(flow)))
-    tcp_flow = tcp_row[firsts]
+    if attempts:
+        run, attempt = _syn_runs(flow, d, fl, tcp_row, row_first, firsts, counts)
+    else:
+        run, attempt = np.minimum(counts, 1), np.zeros(len(firsts), bool)
+    tcp_flow = tcp_row[firsts] & ~attempt  # failed attempts are kept as they are
     ptr = firsts[tcp_flow].copy()
     end = ptr + counts[tcp_flow]
+    skip = np.maximum(run[tcp_flow], 1)  # a matched SYN takes its retransmissions with it
     fid = flow[ptr]
     ins_pos, ins_t, ins_flow, ins_ts = [], [], [], []
     core = SYN | ACK | RST | FIN
@@ -207,7 +236,16 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
         ins_t.append(np.full(int(miss.sum()), t))
         ins_flow.append(fid[miss])
         ins_ts.append(ts[np.where(valid, ptr, ptr - 1)[miss]])  # at the next packet's time, or the last's
-        ptr = ptr + (m & valid)
+        ptr = ptr + np.where(m & valid, skip if t == 0 else 1, 0)
+    # retransmitted SYNs: rows 1 .. run-1 of flows whose SYN run is kept (attempts, or matched as step 0)
+    hs_off = np.zeros(len(firsts), np.int64)  # per flow: SYN retransmissions before the handshake's 2nd step
+    hs_off[attempt | tcp_row[firsts]] = np.maximum(run[attempt | tcp_row[firsts]] - 1, 0)
+    pos_in0 = np.arange(len(flow)) - row_first
+    flow_idx0 = np.cumsum(np.r_[True, flow[1:] != flow[:-1]]) - 1 if len(flow) else np.zeros(0, np.int64)
+    retx = tcp_row & (pos_in0 >= 1) & (pos_in0 <= hs_off[flow_idx0])
+    attempt_row = attempt[flow_idx0]
+    repairs["syn_retransmissions"] = int(retx.sum())
+    repairs["failed_attempts"] = int(attempt.sum())
     pos, tmpl, i_flow, i_ts = (np.concatenate(x) for x in (ins_pos, ins_t, ins_flow, ins_ts))
     order = np.lexsort((tmpl, i_flow, pos))  # np.insert keeps this order among equal positions
     pos, tmpl, i_flow, i_ts = pos[order], tmpl[order], i_flow[order], i_ts[order]
@@ -222,16 +260,20 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
         pl = np.insert(pl, pos, 0)
         hdr = np.insert(hdr, pos, -1)
         tcp_row = np.insert(tcp_row, pos, True)
+        retx = np.insert(retx, pos, False)
+        attempt_row = np.insert(attempt_row, pos, False)
     row_first, firsts = _flow_starts(flow)
     pos_in = np.arange(len(flow)) - row_first
     last = np.zeros(len(flow), bool)
     last[np.append(firsts[1:] - 1, len(flow) - 1)] = True
     before = fl.copy()
     t = tcp_row
-    zero_pl = t & (pos_in <= 1) & (pl > 0)
-    # rule 2
-    fl = np.where(t & (pos_in >= 2), fl & ~SYN, fl)
-    fl = np.where(t & (pos_in >= 1), fl | ACK, fl)
+    off = np.repeat(hs_off, np.diff(np.append(firsts, len(flow))))  # insertions come after a SYN run
+    zero_pl = t & (pos_in <= 1 + off) & (pl > 0)
+    # rule 2 (a flow's closing RST without ACK stays so: stacks send bare RSTs, 0.8 % of real packets)
+    bare_rst = t & last & (pos_in >= 1) & ((fl & (RST | ACK)) == RST)
+    fl = np.where(t & (pos_in >= 2 + off), fl & ~SYN, fl)
+    fl = np.where(t & (pos_in >= 1) & ~retx & ~bare_rst, fl | ACK, fl)
     # rule 3
     fl = np.where(t & ~last, fl & ~RST, fl)
     rst = t & last & ((fl & RST) != 0)
@@ -260,12 +302,12 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     closing = t & ((fl & (FIN | RST)) != 0)
     per_flow = np.add.reduceat(closing.astype(np.int64), firsts) > 0
     has_close = per_flow[np.cumsum(np.r_[True, flow[1:] != flow[:-1]]) - 1]
-    if close_flows:
-        fl = np.where(t & last & ~has_close, fl | FIN | ACK, fl)
+    if close_flows:  # a connection never opened has nothing to close
+        fl = np.where(t & last & ~has_close & ~attempt_row, fl | FIN | ACK, fl)
     repairs["flags_changed"] = int(((fl != before) & (src >= 0)).sum())
     repairs["payload_zeroed"] = int((zero_pl & (src >= 0)).sum())
     pl = np.where(zero_pl, 0, pl)
-    return flow, d, fl, pl, ts, tcp_row, src, hdr
+    return flow, d, fl, pl, ts, tcp_row, src, hdr, retx
 
 
 def _spread_acks(flow, d, fl, pl, tcp, consumed, full, row_first) -> np.ndarray:
@@ -330,11 +372,13 @@ def _grouped_cummax(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return pd.Series(values).groupby(rank).cummax().to_numpy()
 
 
-def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> PacketFields:
+def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
+                 attempts: bool = False) -> PacketFields:
     """Repair and fill every header field of whole flows (see the module docstring).
 
     ``close_flows=False`` skips rule 5: flows the model left open stay open (as real flows cut by
     a capture's end or an idle timeout), at the price of TCP streams without a close.
+    ``attempts=True`` applies rule 0: failed connection attempts and SYN retransmissions are kept.
     """
     rng = np.random.default_rng(seed)
     flow = np.asarray(_column(packets, "flow"), np.int64)
@@ -362,7 +406,10 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> 
     repairs: dict[str, int] = {}
     tcp_row = kind[flow] == TCP
     if len(flow):
-        flow, d, fl, pl, ts, tcp_row, _, hdr = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows, hdr)
+        flow, d, fl, pl, ts, tcp_row, _, hdr, retx = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs,
+                                                                 close_flows, hdr, attempts)
+    else:
+        retx = np.zeros(0, bool)
     n = len(flow)
     row_first, firsts = _flow_starts(flow) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     pos = np.arange(n) - row_first
@@ -422,14 +469,15 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True) -> 
     c0 = _grouped_exclusive_cumsum(is0, row_first) if n else is0
     c1 = _grouped_exclusive_cumsum(is1, row_first) if n else is1
     rank = np.where(fwd, c0, c1)
-    consumed = np.where(kp == TCP, pl + ((fl & SYN) != 0) + ((fl & FIN) != 0), 0)
+    # a retransmitted SYN repeats the first one: same sequence number, no new sequence space
+    consumed = np.where((kp == TCP) & ~retx, pl + ((fl & SYN) != 0) + ((fl & FIN) != 0), 0)
     s0 = _grouped_exclusive_cumsum(consumed * is0, row_first) if n else consumed
     s1 = _grouped_exclusive_cumsum(consumed * is1, row_first) if n else consumed
     isn = rng.integers(0, 1 << 32, size=(n_flows, 2), dtype=np.int64)
     id_base = rng.integers(0, 1 << 16, size=(n_flows, 2), dtype=np.int64)
     icmp_id = rng.integers(0, 1 << 16, size=n_flows, dtype=np.int64)
     label = rng.integers(0, 1 << 20, size=(n_flows, 2), dtype=np.int64)
-    seq = (isn[flow, d] + np.where(fwd, s0, s1)) & 0xFFFFFFFF
+    seq = (isn[flow, d] + np.where(fwd, s0, s1) - retx) & 0xFFFFFFFF
     acked = _spread_acks(flow, d, fl, pl, kp == TCP, consumed, np.where(fwd, s1, s0), row_first) if n \
         else np.zeros(0, np.int64)
     ack = np.where((fl & ACK) != 0, (isn[flow, 1 - d] + acked) & 0xFFFFFFFF, 0)
@@ -671,6 +719,13 @@ def _dhcp_message(reply: bool) -> bytes:
 
 
 _HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: necst\r\nAccept: */*\r\n\r\n"
+_SSDP = (b"NOTIFY * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nNTS: ssdp:alive\r\n\r\n",  # initiator
+         b"HTTP/1.1 200 OK\r\nST: upnp:rootdevice\r\n\r\n")  # a reply to a search
+_NTP = (bytes([0x23]) + bytes(47), bytes([0x24, 2]) + bytes(46))  # v4 client / server (stratum 2)
+
+
+def _port_rows(f: PacketFields, kind: int, port: int) -> np.ndarray:
+    return (f["kind"] == kind) & ((f["sport"] == port) | (f["dport"] == port))
 
 
 def _payload_bytes(f: PacketFields, mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -702,14 +757,26 @@ def _payload_bytes(f: PacketFields, mode: str) -> list[tuple[np.ndarray, np.ndar
     covered = np.zeros(len(f), bool)  # one piece per packet: pieces must not overlap
     for r, _ in out:
         covered[r] = True
-    if "dns" in apps:
-        rows = np.flatnonzero((app == apps["dns"]) & (kp == UDP) & (pl >= 17) & ~covered)
+    for name, port in (("dns", None), ("mdns", 5353)):
+        if name not in apps:
+            continue
+        rows = np.flatnonzero((app == apps[name]) & (kp == UDP) & (pl >= 17) & ~covered
+                              & (True if port is None else _port_rows(f, UDP, port)))
         for length in np.unique(pl[rows]):
             for resp in (False, True):
                 r = rows[(pl[rows] == length) & ((f["direction"][rows] == 1) == resp)]
                 msg = _dns_message(int(length), resp)
                 if len(r) and msg is not None:
                     out.append((r, _even_matrix(msg, len(r))))
+    # SSDP (HTTP over UDP 1900) and NTP (UDP 123): a request or reply header at the start, on their port
+    for name, port, least, pieces in (("ssdp", 1900, None, _SSDP), ("ntp", 123, 48, _NTP)):
+        if name not in apps:
+            continue
+        for reply, msg in enumerate(pieces):
+            rows = np.flatnonzero((app == apps[name]) & _port_rows(f, UDP, port) & (f["direction"] == reply)
+                                  & (pl >= (least or len(msg) + len(msg) % 2)) & ~covered)
+            if len(rows):
+                out.append((rows, _even_matrix(msg, len(rows))))
     for name in ("http", "http_proxy"):
         if name in apps:
             rows = np.flatnonzero((app == apps[name]) & (kp == TCP) & (f["direction"] == 0)

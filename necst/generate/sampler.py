@@ -99,7 +99,7 @@ class Sampler:
 
     def __init__(self, aggregate, flow_model, packet_model=None, *, payload: str = "zeros",
                  layout: str = "pcap", chunk_flows: int = 16384, max_packets_per_flow: int = 10000,
-                 close_flows: bool = True, keep_addresses: bool | None = None):
+                 close_flows: bool = True, keep_addresses: bool | None = None, attempts: bool = True):
         self.aggregate = aggregate
         self.flow_model = flow_model
         self.packet_model = packet_model
@@ -108,6 +108,7 @@ class Sampler:
         self.chunk_flows = chunk_flows
         self.max_packets_per_flow = max_packets_per_flow
         self.close_flows = close_flows
+        self.attempts = attempts  # keep the model's failed TCP connection attempts (craft rule 0)
         self.keep_addresses = keep_addresses
         self.repairs: dict[str, int] = {}
         self.flows = 0
@@ -212,7 +213,8 @@ class Sampler:
         pk = packet_table(sub, fp)
         if end_ns is not None:
             pk = pk[pk["ts_ns"].to_numpy() < end_ns]
-        fields = plan_packets(pk, craft_flow_table(sub), seed=seed, close_flows=self.close_flows)
+        fields = plan_packets(pk, craft_flow_table(sub), seed=seed, close_flows=self.close_flows,
+                              attempts=self.attempts)
         if end_ns is not None and len(fields):  # inserted handshake packets share their successor's time
             fields = fields.take(np.flatnonzero(fields["ts_ns"] < end_ns))
         for k, v in fields.repairs.items():

@@ -7,7 +7,13 @@ PacketTable):
   arp); the group is drawn from its share, then (packets, bytes, duration) from a Gaussian
   mixture over their logarithms fitted per group (components chosen by BIC, at most
   ``max_components``), clipped to the group's observed range.
-- **Start times.** The capture's flow-start rate per bin (bins of at least one second, at most
+- **Start times** (``start_model="sessions"``, the default). The capture is cut into sessions
+  at silences over ``session_gap_s`` (the iot_sentinel training part: 41 captures over 147
+  days); a plan strings sessions in random order with the learned silences between them,
+  scaled so the capture's mean rate (flows over its whole span) is kept exactly. Replaying the
+  calendar instead put the first 4,557 flows over 129 days of a sparse start, half the rate
+  (per-second metrics 13-21x the floor). ``start_model="curve"`` (bundles from before) replays
+  the calendar: the capture's flow-start rate per bin (bins of at least one second, at most
   ``max_bins`` of them) is replayed, tiled when more time is asked for than was seen, and
   scaled by ``rate_scale``; inside a bin, flows come as a burst from where the real activity
   in that bin began, with gaps
@@ -117,7 +123,12 @@ class AggregateModel:
     """Flow attributes, start times and hosts of a capture (module docstring); sklearn-style."""
 
     def __init__(self, max_components: int = 4, max_bins: int = 2000, max_silence_s: float | None = None,
-                 max_fit_rows: int = 20000, keep_addresses: bool = False, seed: int = 0):
+                 max_fit_rows: int = 20000, keep_addresses: bool = False, seed: int = 0,
+                 start_model: str = "sessions", session_gap_s: float = 3600.0):
+        if start_model not in ("sessions", "curve"):
+            raise NecstError(f"start_model must be 'sessions' or 'curve', not {start_model!r}")
+        self.start_model = start_model
+        self.session_gap_s = session_gap_s
         self.max_components = max_components
         self.max_fit_rows = max_fit_rows
         self.max_bins = max_bins
@@ -194,10 +205,86 @@ class AggregateModel:
         gaps = gaps[gaps <= width]  # longer silences are the curve's business, not a burst's
         self.gap_quantiles_ = np.quantile(gaps, np.linspace(0, 1, 101)) if len(gaps) else np.zeros(101)
         self.start_ns_ = t0
+        self._fit_sessions(np.sort(flows["first_seen_ns"].to_numpy(np.int64)))
 
         # hosts
         self._fit_hosts(flows, gidx, dataset.packets)
         return self
+
+    def _fit_sessions(self, start: np.ndarray) -> None:
+        """Sessions: runs of flow starts without a silence over ``session_gap_s`` (a capture, a
+        burst of activity); their flow counts and durations, the silences between them, the gaps
+        inside them (quantiles), and the capture's mean rate, flows over its whole span."""
+        gaps = np.diff(start) / 1e9
+        cut = np.flatnonzero(gaps > self.session_gap_s)
+        bounds = np.concatenate([[0], cut + 1, [len(start)]])
+        self.session_flows_ = np.diff(bounds).astype(np.int64)
+        self.session_dur_s_ = (start[bounds[1:] - 1] - start[bounds[:-1]]) / 1e9
+        self.silence_s_ = gaps[cut].astype(np.float64)
+        inside = np.delete(gaps, cut)
+        self.session_gap_quantiles_ = (np.quantile(inside, np.linspace(0, 1, 101)) if len(inside)
+                                       else np.zeros(101))
+        span = max((start[-1] - start[0]) / 1e9, 1.0)
+        self.mean_rate_ = float(len(start) / span)
+
+    def _session_starts(self, n_flows, duration_s, rng, rate_scale) -> np.ndarray:
+        """Start offsets (ns) for ``start_model="sessions"``: the learned sessions in a seeded random
+        order (each permutation used whole before the next), separated by the learned silences in
+        random order; inside a session, gaps drawn from the real ones, stretched to its duration.
+        The silences are then scaled so that the flows asked for span the time the capture's mean
+        rate gives them (``n / (rate x rate_scale)``): the rate over the whole capture, quiet days
+        included, is kept exactly, not left to which sessions were drawn. A duration lays
+        sessions and silences as learned until it is covered (the mean rate in expectation; a
+        short duration holds the start of one session) and cuts there. The order of sessions on
+        the calendar (and the time of day) is not kept."""
+        rate = self.mean_rate_ * rate_scale
+        want = int(n_flows) if duration_s is None else 1 << 62
+        if want <= 0:
+            return np.zeros(0, np.int64)
+        k_all = self.session_flows_.astype(float) * rate_scale
+        silences = self.silence_s_ if len(self.silence_s_) else np.zeros(1)
+        sess, sil, pool = [], [], []
+        total, covered = 0, 0.0
+        while total < want and (duration_s is None or covered < duration_s):
+            for s in rng.permutation(len(k_all)):
+                k = int(np.floor(k_all[s]) + (rng.random() < k_all[s] % 1))
+                if k == 0:
+                    continue
+                if not pool:  # silences in random order, each permutation used whole
+                    pool = list(rng.permutation(silences))
+                sess.append((s, k))
+                sil.append(pool.pop())
+                total += k
+                covered += self.session_dur_s_[s] + sil[-1]
+                if total >= want or (duration_s is not None and covered >= duration_s):
+                    break
+            if not sess:
+                return np.zeros(0, np.int64)
+        sil = np.asarray(sil, np.float64)
+        ks = np.array([k for _, k in sess], np.int64)
+        durs = self.session_dur_s_[[s for s, _ in sess]]
+        # inside each session: gaps from the real ones, scaled to the session's duration
+        gaps = np.interp(rng.random(int(ks.sum())), np.linspace(0, 1, 101), self.session_gap_quantiles_)
+        first = np.cumsum(ks) - ks
+        gaps[first] = 0.0
+        c = np.cumsum(gaps)
+        within = c - np.repeat(c[first], ks)
+        last = within[np.cumsum(ks) - 1]
+        stretch = np.where(last > 0, durs / np.maximum(last, 1e-12), 0.0)
+        within = within * np.repeat(stretch, ks)
+        # session starts: durations and silences laid end to end; silences scaled to the mean rate
+        idx = min(want, int(ks.sum())) - 1
+        s_last = int(np.searchsorted(np.cumsum(ks), idx, side="right"))  # session of the want-th flow
+        active = durs[:s_last].sum() + within[idx]
+        quiet = sil[:s_last].sum()
+        target = want / rate
+        scale = 1.0 if duration_s is not None else (max(target - active, 0.0) / quiet if quiet > 0 else 1.0)
+        begin = np.concatenate([[0.0], np.cumsum(durs[:-1] + sil[:-1] * scale)])
+        t = np.repeat(begin, ks) + within
+        starts = np.sort(np.rint(t * 1e9).astype(np.int64))[:want]
+        if duration_s is not None:
+            starts = starts[starts < int(duration_s * 1e9)]
+        return starts
 
     def _fit_hosts(self, flows: pd.DataFrame, gidx: np.ndarray, packets) -> None:
         src = flows["src_ip"].fillna("").astype(str).to_numpy()
@@ -278,6 +365,8 @@ class AggregateModel:
         if rate_scale <= 0:
             raise NecstError("rate scale must be positive")
         rng = np.random.default_rng(seed)
+        if self.start_model == "sessions" and hasattr(self, "session_flows_"):
+            return self._session_starts(n_flows, duration_s, rng, rate_scale)
         counts = self.rate_counts_.astype(float) * rate_scale
         width_ns = int(self.bin_s_ * 1e9)
         if duration_s is None:
@@ -407,13 +496,18 @@ class AggregateModel:
     def config(self) -> dict:
         return {"max_components": self.max_components, "max_bins": self.max_bins, "max_silence_s": self.max_silence_s,
                 "max_fit_rows": self.max_fit_rows,
-                "keep_addresses": self.keep_addresses, "seed": self.seed}
+                "keep_addresses": self.keep_addresses, "seed": self.seed,
+                "start_model": self.start_model, "session_gap_s": self.session_gap_s}
 
     def write_to(self, writer) -> None:
         arrays = {"group_p": self.group_p_, "rate_counts": self.rate_counts_, "bin_offset_s": self.bin_offset_s_,
                   "gap_quantiles": self.gap_quantiles_, "host_src_count": self.host_src_count_,
                   "host_dst_count": self.host_dst_count_, "host_ttl": self.host_ttl_,
                   "host_window": self.host_window_, "host_version": self.host_version_}
+        if hasattr(self, "session_flows_"):
+            arrays.update(session_flows=self.session_flows_, session_dur_s=self.session_dur_s_,
+                          silence_s=self.silence_s_, session_gap_quantiles=self.session_gap_quantiles_,
+                          mean_rate=np.array([self.mean_rate_]))
         arrays.update({f"pairs_{k}": v for k, v in self.pairs_.items()})
         for i, m in enumerate(self.gmm_):
             for k, v in m.items():
@@ -428,7 +522,14 @@ class AggregateModel:
     def read_from(cls, bundle) -> "AggregateModel":
         meta = bundle.json(PREFIX + "model.json")
         a = bundle.arrays(PREFIX + "arrays.npz")
-        m = cls(**meta["config"])
+        config = dict(meta["config"])
+        if "session_flows" not in a:  # a bundle from before the session model replays its curve
+            config["start_model"] = "curve"
+        m = cls(**config)
+        if "session_flows" in a:
+            m.session_flows_, m.session_dur_s_ = a["session_flows"], a["session_dur_s"]
+            m.silence_s_, m.session_gap_quantiles_ = a["silence_s"], a["session_gap_quantiles"]
+            m.mean_rate_ = float(a["mean_rate"][0])
         m.groups_ = [list(g) for g in meta["groups"]]
         m.bin_s_, m.start_ns_ = float(meta["bin_s"]), int(meta["start_ns"])
         m.unsupported_share_ = float(meta["unsupported_share"])

@@ -80,16 +80,29 @@ class Mixture:
     # -- use ----------------------------------------------------------------------------------
 
     def sample_components(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One latent point from each given component."""
+        """One latent point from each given component; the points of one component are a
+        Latin hypercube of its Gaussian (stratified per coordinate, in random order)."""
         codes = np.asarray(codes, dtype=np.int64)
         if len(codes) and (codes.min() < 0 or codes.max() >= self.n_components):
             raise NecstError(f"component codes must lie in 0..{self.n_components - 1}")
-        eps = rng.standard_normal((len(codes), self.means.shape[1]))
+        # Latin-hypercube normals per component: each coordinate of the points drawn from one
+        # component covers its normal evenly (each point still N(0, I))
+        from scipy.special import ndtri
+
+        u = np.column_stack([stratified_uniforms(codes, rng) for _ in range(self.means.shape[1])])
+        eps = ndtri(np.clip(u, 1e-12, 1 - 1e-12)).reshape(len(codes), self.means.shape[1])
         return self.means[codes] + np.einsum("nij,nj->ni", self._chol[codes], eps)
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` latent points and the component each came from."""
-        codes = rng.choice(self.n_components, size=int(n), p=self.weights)
+        """``n`` latent points and the component each came from, in random order.
+
+        Components are allocated by :func:`stratified_counts` rather than drawn iid: each
+        component gets ``n * weight`` points up to a seeded remainder, which removes the
+        multinomial noise of the allocation (what makes two samples of the same model differ
+        more than the model differs from the data) while each point's component keeps the
+        mixture's distribution."""
+        counts = stratified_counts(self.weights, int(n), rng)
+        codes = rng.permutation(np.repeat(np.arange(self.n_components), counts))
         return self.sample_components(codes, rng), codes
 
     def log_resp(self, Z: np.ndarray) -> np.ndarray:
@@ -122,3 +135,38 @@ class Mixture:
                        arrays[f"{prefix}covariances"])
         except KeyError as e:
             raise NecstError(f"mixture arrays lack {e.args[0]!r}") from None
+
+
+def stratified_counts(weights: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer counts summing to ``n`` with expectation ``n * weights``: ``floor(n * w)`` each,
+    the ``r`` left over placed by systematic sampling on the fractional parts (one uniform),
+    so every count is ``floor`` or ``ceil`` of ``n * w`` and a remainder of weight ``f`` goes
+    to its component with probability ``f`` exactly."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    expected = n * w
+    counts = np.floor(expected).astype(np.int64)
+    frac = np.clip(expected - counts, 0.0, 1.0)
+    left = n - int(counts.sum())
+    if left > 0:
+        frac = frac * (left / frac.sum())  # sums to `left` exactly (rounding aside), each <= 1
+        edges = np.concatenate([[0.0], np.cumsum(frac)])
+        points = rng.random() + np.arange(left)
+        hit = np.searchsorted(edges, points, side="right") - 1
+        np.add.at(counts, np.clip(hit, 0, len(w) - 1), 1)
+    return counts
+
+
+def stratified_uniforms(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One uniform per row, stratified within each group: a random permutation ranks the m
+    rows of a group, and rank r draws uniformly from [r/m, (r+1)/m). Marginally each is U(0, 1)."""
+    groups = np.asarray(groups, dtype=np.int64)
+    n = len(groups)
+    if n == 0:
+        return np.zeros(0)
+    order = np.argsort(groups - groups.min() + rng.random(n))  # by group, random inside (one float sort)
+    ranked = groups[order]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.searchsorted(ranked, ranked, side="left")
+    size = np.bincount(groups - groups.min())[groups - groups.min()]
+    return (rank + rng.random(n)) / size
