@@ -38,7 +38,6 @@ def datasets(cache: Path) -> dict[str, Path]:
 
 
 def time_fit(feats, n: int, seed: int, params: dict) -> None:
-    import numpy as np
     import pandas as pd
 
     from necst.model.packet import PacketModel
@@ -103,7 +102,6 @@ def main() -> None:
     print("mixture used per (kind, position): " + ", ".join(f"{k}->{v}" for k, v in model.mixture_for_.items()))
     print(f"sizes: {model.size_bytes()}")
     print(format_table(table))
-    marg = table[~table.metric.isin(["len_x_flags_jsd", "len_x_direction_jsd"])]
     print(f"passed {int(table['pass'].sum())}/{len(table)} "
           f"(marginal rows: model <= 1.5 x floor; joint rows: model < marginals)")
     if args.sample_seeds > 1:
