@@ -171,6 +171,8 @@ def main() -> None:
     ap.add_argument("--validate", action="store_true",
                     help="fit on the first 70%% of the training part's captures per device and measure "
                          "against the rest (the held-out part is not read)")
+    ap.add_argument("--code-pool", type=int, default=None,
+                    help="packet draws kept per packet-model code when sampling (0: decode every packet)")
     ap.add_argument("--prev-in-heads", type=int, default=1, help="1: architecture v2, 0: v1")
     ap.add_argument("--time-data", type=Path, default=None,
                     help="also time training on this dataset folder (e.g. 200k packets)")
@@ -188,6 +190,8 @@ def main() -> None:
     fm = FlowModel.load(a.load) if a.load else FlowModel(epochs=a.epochs, seed=a.seed,
                                                             prev_in_heads=bool(a.prev_in_heads)).fit(train, pm)
     fit_cpu = time.process_time() - cpu0
+    if a.code_pool is not None:
+        fm.code_pool = a.code_pool
     if a.save:
         fm.save(a.save, force=True)
     real_tr = real_frame(packet_features(train.packets))
