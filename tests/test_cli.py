@@ -26,6 +26,16 @@ def test_every_subcommand_has_help():
     for args in (["--help"], ["process", "--help"], ["evaluate", "--help"], ["detect", "--help"]):
         r = runner.invoke(app, args)
         assert r.exit_code == 0, (args, r.output)
+        assert "<bool>" not in r.output  # typer 0.29 renders flags as <bool>
+
+
+def test_process_command_stays_light():
+    """`necst process` pays for numpy and pyarrow only: no pandas, pydantic or TensorFlow at import."""
+    code = ("import sys; from typer.testing import CliRunner; from necst.cli import app;"
+            "CliRunner().invoke(app, ['process', '--help']); import necst.process.dataset;"
+            "print(sorted(m for m in ('pandas', 'pydantic', 'tensorflow', 'scapy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("content", [b"", b"not a capture at all", b"\xd4\xc3\xb2\xa1\x02\x00"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 import weakref
 import zlib
@@ -378,15 +379,27 @@ def _walk_pcap(buf: bytearray, end: int, order: str, rec_len: int, limit: int):
     The loop only follows the chain of captured lengths (the one step that cannot be
     vectorized); the checks on each record run afterwards over the whole array.
     """
-    caplen_at = struct.Struct(order + "I").unpack_from
     offsets = []
     append = offsets.append
     pos = 0
     last = end - rec_len
-    while pos <= last:
-        (cl,) = caplen_at(buf, pos + 8)
-        append(pos)
-        pos += rec_len + cl
+    if (order == "<") == (sys.byteorder == "little") and end >= 8:
+        # Indexing a uint32 view is cheaper than unpack_from: one view per byte alignment.
+        mv = memoryview(buf)
+        views = tuple(mv[k : k + (end - k) // 4 * 4].cast("I") for k in range(4))
+        while pos <= last:
+            append(pos)
+            at = pos + 8
+            pos += rec_len + views[at & 3][at >> 2]
+        for v in views:
+            v.release()
+        mv.release()
+    else:
+        caplen_at = struct.Struct(order + "I").unpack_from
+        while pos <= last:
+            (cl,) = caplen_at(buf, pos + 8)
+            append(pos)
+            pos += rec_len + cl
     offsets = np.array(offsets, dtype=np.int64)
     caplens = np.diff(offsets, append=pos) - rec_len
     bad = None
