@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from necst.errors import BundleError, OutputExistsError
-from necst.model.aggregate import AggregateModel, _pseudonyms
+from necst.model.aggregate import AggregateModel, _craft_kind, _pseudonyms
 from necst.process.dataset import load_dataset, process_captures
 
 DEVICES = ["HueBridge", "EdimaxCam1", "TP-LinkPlugHS100", "Withings"]
@@ -68,6 +68,14 @@ def test_keep_addresses_reuses_real_ones(dataset, model):
         used = set(plan["src_ip"]) | set(plan["dst_ip"])
         assert used - real <= {a for a in used if a.startswith("169.254.")}
         assert len(used & real) > 3
+
+
+def test_craft_kinds_cover_the_link_local_noflow_traffic():
+    kind = np.array(["tcp", "udp", "noflow", "noflow", "noflow", "noflow", "noflow", "noflow", "noflow"])
+    proto = np.array([6, 17, 1, 58, 2, 0, 0, 0, 89])
+    ether = np.array([0x0800, 0x86DD, 0x0800, 0x86DD, 0x0800, 0x0806, 0x888E, 6, 0x0800])
+    assert _craft_kind(kind, proto, ether).tolist() == ["tcp", "udp", "icmp", "icmp", "igmp", "arp", "eapol",
+                                                        "llc", ""]  # OSPF (89) is not crafted
 
 
 def test_pseudonyms_keep_subnets_locality_and_rank():

@@ -30,8 +30,8 @@ PacketTable):
   broadcast and unspecified addresses stay as they are. ``keep_addresses=True`` reuses the real
   addresses and MACs.
 
-Flows whose kind cannot be crafted (``noflow`` other than ICMP and ARP, e.g. IGMP or EAPOL)
-are left out; their share is kept in ``unsupported_share_``.
+Flows whose kind cannot be crafted (``noflow`` other than ICMP, IGMP, ARP, EAPOL and 802.3 LLC
+frames) are left out; their share is kept in ``unsupported_share_``.
 """
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ def _craft_kind(kind: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> n
     out[kind == "udp"] = "udp"
     nf = kind == "noflow"
     out[nf & ((proto == 1) | (proto == 58))] = "icmp"
+    out[nf & (proto == 2) & (ethertype == 0x0800)] = "igmp"
     out[nf & (ethertype == 0x0806)] = "arp"
+    out[nf & (ethertype == 0x888E)] = "eapol"
+    out[nf & (ethertype > 0) & (ethertype < 0x0600)] = "llc"  # 802.3 frames: the field is a length
     return out
 
 
@@ -149,7 +152,7 @@ class AggregateModel:
         self.unsupported_share_ = float(1 - ok.mean())
         flows = flows[ok].reset_index(drop=True)
         if len(flows) == 0:
-            raise DatasetError("no flow of a kind necst can craft (tcp, udp, icmp, arp)")
+            raise DatasetError("no flow of a kind necst can craft (tcp, udp, icmp, igmp, arp, eapol, llc)")
         flows["craft_kind"] = ck[ok]
         flows["app"] = flows["app"].astype(str).fillna("unknown")
         flows["kind"] = flows["kind"].astype(str)
