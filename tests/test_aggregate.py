@@ -10,7 +10,7 @@ from necst.errors import BundleError, OutputExistsError
 from necst.model.aggregate import AggregateModel, _craft_kind, _pseudonyms
 from necst.process.dataset import load_dataset, process_captures
 
-DEVICES = ["HueBridge", "EdimaxCam1", "TP-LinkPlugHS100", "Withings"]
+DEVICES = ["HueBridge", "EdimaxCam1", "TP-LinkPlugHS100", "Withings", "WeMoSwitch2"]  # WeMo: low ephemeral ports
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,27 @@ def test_hosts_ports_and_pairs_come_from_the_capture(dataset, model):
     # ephemeral source ports do not repeat for the same (src, dst, dport) among TCP flows
     tcp = plan[plan["craft_kind"] == "tcp"]
     assert not tcp.duplicated(["src_ip", "dst_ip", "src_port", "dst_port"]).any()
+
+
+def test_ephemeral_ports_follow_each_hosts_range(dataset, model):
+    """Each host's ephemeral ports come from its own low (< 32768) or high range, widened to
+    MIN_PORT_SPAN, with the host's share of low ones: the capture's share of low ports is kept."""
+    from necst.model.aggregate import MIN_PORT_SPAN
+
+    plan = model.sample(n_flows=3000, seed=4)
+    tcp = plan[plan["craft_kind"] == "tcp"]
+    r = model.host_port_ranges_[tcp["src_host"].to_numpy()]
+    port = tcp["src_port"].to_numpy()
+    inside = np.zeros(len(port), bool)
+    for lo, hi in ((r[:, 1], r[:, 2]), (r[:, 3], r[:, 4])):
+        span = np.maximum(hi - lo + 1, MIN_PORT_SPAN)
+        lo = np.clip(np.minimum(lo, 65536 - span), 1024, None)
+        inside |= (port >= lo) & (port < lo + span)
+    assert inside.all()
+    flows = dataset.flows.to_pandas()
+    real = flows.loc[flows["kind"].astype(str) == "tcp", "src_port"].to_numpy(float)
+    assert (real < 32768).mean() > 0.02  # the test devices include stacks with low ports (WeMo)
+    assert abs((real < 32768).mean() - (port < 32768).mean()) < 0.012, ((real < 32768).mean(), (port < 32768).mean())
 
 
 def test_keep_addresses_reuses_real_ones(dataset, model):

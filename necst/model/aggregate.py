@@ -45,6 +45,10 @@ from necst.errors import DatasetError, NecstError
 
 PREFIX = "aggregate_"
 EPHEMERAL_LO, EPHEMERAL_HI = 32768, 65535
+LINUX_EPHEMERAL_HI = 60999
+# per host: share of flows from low ports, low range, high range (hosts never seen opening a flow)
+DEFAULT_PORT_RANGES = (0.0, 1024, 4999, EPHEMERAL_LO, LINUX_EPHEMERAL_HI)
+MIN_PORT_SPAN = 1024  # a host's ports count up over at least this many before a 4-tuple comes back
 
 
 def _craft_kind(kind: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> np.ndarray:
@@ -343,6 +347,20 @@ class AggregateModel:
         # client reusing one would reuse its 4-tuple, so TCP source ports are always ephemeral
         is_udp = (flows["craft_kind"] == "udp").to_numpy()
         fixed = np.where(is_udp & ((sport < 1024) | (sport == dport)), sport, -1)
+        # each host's ephemeral source ports: stacks differ (Linux 32768-60999, lwIP and older
+        # embedded stacks 1024-5000, some hosts both); per host, the share of its flows from
+        # below 32768 and the 2-98 % range of its ports on either side of it
+        eph = (flows["craft_kind"].isin(["tcp", "udp"]).to_numpy()) & (fixed < 0) & (sport >= 1024)
+        r = np.tile(np.array(DEFAULT_PORT_RANGES, np.float64), (len(hosts), 1))
+        if eph.any():
+            e = pd.DataFrame({"h": s_id[eph], "p": sport[eph].astype(float)})
+            e["low"] = e["p"] < EPHEMERAL_LO
+            r[e.groupby("h")["low"].mean().index.to_numpy(), 0] = e.groupby("h")["low"].mean().to_numpy()
+            for side, cols in ((True, [1, 2]), (False, [3, 4])):
+                g = e[e["low"] == side].groupby("h")["p"]
+                lo, hi = g.quantile(0.02), g.quantile(0.98)
+                r[lo.index.to_numpy()[:, None], cols] = np.rint(np.column_stack([lo.to_numpy(), hi.to_numpy()]))
+        self.host_port_ranges_ = r
         t = pd.DataFrame({"g": gidx, "s": s_id, "d": d_id, "dp": dport, "sp": fixed})
         trip = t.groupby(["g", "s", "d", "dp", "sp"]).size().reset_index(name="c")
         self.pairs_ = {k: trip[c].to_numpy(np.int64) for k, c in
@@ -472,12 +490,40 @@ class AggregateModel:
         size = int(tuple_of.max()) + 1 if len(tuple_of) else 0
         counts = port_state.setdefault("counts", np.zeros(size, np.int64)) if port_state is not None \
             else np.zeros(size, np.int64)
-        rank = pd.Series(np.ones(n, np.int64)).groupby(key).cumsum().to_numpy() - 1 + counts[key]
-        np.add.at(counts, key, 1)
-        eph = EPHEMERAL_LO + (hash_host(key) + rank) % (EPHEMERAL_HI - EPHEMERAL_LO)
+        if hasattr(self, "host_port_ranges_"):
+            eph = self._ephemeral_ports(s, key, size, rng, port_state)
+        else:  # bundles from before per-host port ranges
+            rank = pd.Series(np.ones(n, np.int64)).groupby(key).cumsum().to_numpy() - 1 + counts[key]
+            np.add.at(counts, key, 1)
+            eph = EPHEMERAL_LO + (hash_host(key) + rank) % (EPHEMERAL_HI - EPHEMERAL_LO)
         plan["src_port"] = np.where(fixed >= 0, fixed, eph)
         plan["ttl_src"], plan["ttl_dst"] = self.host_ttl_[s], self.host_ttl_[d]
         plan["win_src"], plan["win_dst"] = self.host_window_[s], self.host_window_[d]
+
+    def _ephemeral_ports(self, src, key, n_tuples, rng, port_state) -> np.ndarray:
+        """Source ports from the host's own ranges: each flow takes the host's low range with the
+        host's share of low ports, else its high range (each widened to ``MIN_PORT_SPAN``). The
+        flows of one (tuple, range) walk a permutation of the range (a stride coprime with its
+        width, from a start spread by the tuple id), so no 4-tuple comes back before the range is
+        used up, and many flows cover the range evenly, as stacks restarted capture after capture do."""
+        r = self.host_port_ranges_[src]
+        low = rng.random(len(src)) < r[:, 0]
+        k2 = key * 2 + low
+        counts = port_state.setdefault("range_counts", np.zeros(2 * n_tuples, np.int64)) if port_state is not None \
+            else np.zeros(2 * n_tuples, np.int64)
+        rank = pd.Series(np.ones(len(src), np.int64)).groupby(k2).cumsum().to_numpy() - 1 + counts[k2]
+        np.add.at(counts, k2, 1)
+        lo = np.where(low, r[:, 1], r[:, 3]).astype(np.int64)
+        hi = np.where(low, r[:, 2], r[:, 4]).astype(np.int64)
+        span = np.maximum(hi - lo + 1, MIN_PORT_SPAN)
+        lo = np.clip(np.minimum(lo, 65536 - span), 1024, None)
+        stride = np.rint(span * 0.6180339887).astype(np.int64) | 1
+        for _ in range(64):  # the next odd numbers until coprime with the width (a few steps at most)
+            bad = np.gcd(stride, span) != 1
+            if not bad.any():
+                break
+            stride = np.where(bad, stride + 2, stride)
+        return lo + (hash_host(k2) + rank * stride) % span
 
     def _real_addresses(self) -> list[str]:
         """The real addresses; MAC-only hosts (ARP) numbered from 169.254.1.0."""
@@ -507,6 +553,8 @@ class AggregateModel:
                   "gap_quantiles": self.gap_quantiles_, "host_src_count": self.host_src_count_,
                   "host_dst_count": self.host_dst_count_, "host_ttl": self.host_ttl_,
                   "host_window": self.host_window_, "host_version": self.host_version_}
+        if hasattr(self, "host_port_ranges_"):
+            arrays["host_port_ranges"] = self.host_port_ranges_
         if hasattr(self, "session_flows_"):
             arrays.update(session_flows=self.session_flows_, session_dur_s=self.session_dur_s_,
                           silence_s=self.silence_s_, session_gap_quantiles=self.session_gap_quantiles_,
@@ -542,6 +590,8 @@ class AggregateModel:
         m.bin_offset_s_ = a["bin_offset_s"]
         m.host_src_count_, m.host_dst_count_ = a["host_src_count"], a["host_dst_count"]
         m.host_ttl_, m.host_window_, m.host_version_ = a["host_ttl"], a["host_window"], a["host_version"]
+        if "host_port_ranges" in a:
+            m.host_port_ranges_ = a["host_port_ranges"]
         m.pairs_ = {k[6:]: v for k, v in a.items() if k.startswith("pairs_")}
         m.gmm_ = [{k: a[f"gmm{i}_{k}"] for k in ("weights", "means", "covariances", "lo", "hi")}
                   for i in range(len(m.groups_))]
