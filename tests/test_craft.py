@@ -189,6 +189,16 @@ def test_model_established_flow_left_open_but_repaired_one_closed():
     assert closed["tcp_flags"][-1] == ACK | FIN
 
 
+def test_repeated_closing_rsts_kept_other_rsts_cleared():
+    """A side closing with a run of bare RSTs keeps them (a third of real RSTs); an RST before other
+    traffic, or from the other side before the last packet, is cleared."""
+    f = _one_flow([SYN, SYN | ACK, ACK, ACK | PSH, RST, RST, RST], [0, 1, 0, 0, 0, 0, 0], [0, 0, 0, 10, 0, 0, 0])
+    assert f["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK, ACK | PSH, RST, RST, RST]
+    assert len(set(f["seq"][-3:].tolist())) == 1 and f["ack"][-3:].tolist() == [0, 0, 0]
+    g = _one_flow([SYN, SYN | ACK, ACK, RST, ACK | PSH, RST | ACK, RST], [0, 1, 0, 1, 0, 1, 0], [0, 0, 0, 0, 10, 0, 0])
+    assert g["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK, ACK, ACK | PSH, ACK, RST]
+
+
 def test_partial_handshake_completed_in_place():
     f = _one_flow([SYN, ACK | PSH, ACK], [0, 1, 0], [0, 20, 0])
     assert f["tcp_flags"][:3].tolist() == [SYN, SYN | ACK, ACK]
@@ -379,7 +389,8 @@ def test_tshark_sees_failed_attempts_as_real_ones(tmp_path, tshark):
     """Unanswered and refused attempts: streams opening with a SYN, the repeated SYNs Wireshark's
     retransmissions (as in real captures), nothing else flagged."""
     rows = [(0, 0, SYN, 0), (0, 0, SYN, 0), (0, 0, SYN, 0), (1, 0, SYN, 0), (1, 1, RST, 0),
-            (2, 0, SYN, 0), (2, 0, SYN, 0), (2, 1, SYN | ACK, 0), (2, 0, ACK | PSH, 30), (2, 1, ACK, 0)]
+            (2, 0, SYN, 0), (2, 0, SYN, 0), (2, 1, SYN | ACK, 0), (2, 0, ACK | PSH, 30), (2, 1, ACK, 0),
+            (2, 0, RST, 0), (2, 0, RST, 0)]  # a bare RST repeated: nothing for Wireshark to flag
     packets = pd.DataFrame(rows, columns=["flow", "direction", "tcp_flags", "payload_len"])
     packets["ts_ns"] = T0 + np.arange(len(rows)) * 10**9
     flows = pd.DataFrame(dict(kind="tcp", src_ip="10.0.0.1", dst_ip="10.0.0.2", src_mac="02:00:00:00:00:01",

@@ -40,8 +40,9 @@ TCP repair rules (as little change as possible; counted in ``PacketFields.repair
    set is inserted before it, at its timestamp. SYN and SYN+ACK carry no payload.
 2. After the handshake, SYN is cleared and ACK set on every packet but a closing RST sent
    without ACK (a bare RST, as stacks send; its acknowledgement field is then 0).
-3. RST only on the last packet of a flow (cleared elsewhere); a RST carries no payload, FIN
-   or PSH.
+3. RST only in a flow's closing run: its last packet and the RSTs the same side sent right
+   before it (cleared elsewhere; a third of real RSTs are such repeated bare RSTs, which
+   Wireshark flags nothing in); a RST carries no payload, FIN or PSH.
 4. Each direction sends at most one FIN: its last one is kept, earlier ones cleared; packets
    that direction sends after its FIN carry no payload.
 5. A flow with neither FIN nor RST gets FIN on its last packet (it closes with FIN/ACK), unless
@@ -295,13 +296,20 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     t = tcp_row
     off = np.repeat(hs_off, np.diff(np.append(firsts, len(flow))))  # insertions come after a SYN run
     zero_pl = t & (pos_in <= 1 + off) & (pl > 0)
-    # rule 2 (a flow's closing RST without ACK stays so: stacks send bare RSTs, 0.8 % of real packets)
-    bare_rst = t & last & (pos_in >= 1) & ((fl & (RST | ACK)) == RST)
+    # the closing run: the last packet and, before it, the RSTs its sender sent right before it
+    flow_idx = np.cumsum(np.r_[True, flow[1:] != flow[:-1]]) - 1 if len(flow) else np.zeros(0, np.int64)
+    last_rows = np.append(firsts[1:] - 1, len(flow) - 1)
+    in_run = ((fl & RST) != 0) & (d == d[last_rows][flow_idx])
+    breaks = np.where(in_run, -1, pos_in)
+    last_break = np.maximum.reduceat(breaks, firsts) if len(flow) else breaks
+    closing = last | (in_run & (pos_in > last_break[flow_idx]))
+    # rule 2 (closing RSTs without ACK stay so: stacks send bare RSTs, 0.8 % of real packets)
+    bare_rst = t & closing & (pos_in >= 1) & ((fl & (RST | ACK)) == RST)
     fl = np.where(t & (pos_in >= 2 + off), fl & ~SYN, fl)
     fl = np.where(t & (pos_in >= 1) & ~retx & ~bare_rst, fl | ACK, fl)
     # rule 3
-    fl = np.where(t & ~last, fl & ~RST, fl)
-    rst = t & last & ((fl & RST) != 0)
+    fl = np.where(t & ~closing, fl & ~RST, fl)
+    rst = t & closing & ((fl & RST) != 0)
     fl = np.where(rst, fl & ~(FIN | PSH), fl)
     zero_pl |= rst & (pl > 0)
     # rule 4
