@@ -114,6 +114,20 @@ def test_pseudonyms_keep_subnets_locality_and_rank():
     assert out == _pseudonyms(ips, pop)
 
 
+def _flows_per_busy_second(start_ns: np.ndarray) -> float:
+    sec = np.floor((start_ns - start_ns.min()) / 1e9).astype(np.int64)
+    return len(sec) / len(np.unique(sec))
+
+
+def test_session_gaps_keep_flows_per_busy_second(dataset, model):
+    """Gaps inside a session come from that session's own: flows are as spread over the seconds
+    as in the capture (a pooled law stretched to each session's duration crowded them together)."""
+    real = dataset.flows.to_pandas()["first_seen_ns"].to_numpy(np.int64)
+    plan = model.sample(n_flows=len(real), seed=6)
+    r, s = _flows_per_busy_second(real), _flows_per_busy_second(plan["start_ns"].to_numpy(np.int64))
+    assert abs(s / r - 1) < 0.25, (r, s)
+
+
 def test_session_starts_keep_the_mean_rate(dataset, model):
     starts = np.sort(dataset.flows.to_pandas()["first_seen_ns"].to_numpy(np.int64))
     assert model.session_flows_.sum() == round(len(starts) * (1 - model.unsupported_share_))  # craftable flows

@@ -10,7 +10,8 @@ PacketTable):
 - **Start times** (``start_model="sessions"``, the default). The capture is cut into sessions
   at silences over ``session_gap_s`` (the iot_sentinel training part: 41 captures over 147
   days); a plan strings sessions in random order with the learned silences between them,
-  scaled so the capture's mean rate (flows over its whole span) is kept exactly. Replaying the
+  scaled so the capture's mean rate (flows over its whole span) is kept exactly; inside a
+  session, the gaps between flow starts are drawn from that session's own. Replaying the
   calendar instead put the first 4,557 flows over 129 days of a sparse start, half the rate
   (per-second metrics 13-21x the floor). ``start_model="curve"`` (bundles from before) replays
   the calendar: the capture's flow-start rate per bin (bins of at least one second, at most
@@ -49,6 +50,7 @@ LINUX_EPHEMERAL_HI = 60999
 # per host: share of flows from low ports, low range, high range (hosts never seen opening a flow)
 DEFAULT_PORT_RANGES = (0.0, 1024, 4999, EPHEMERAL_LO, LINUX_EPHEMERAL_HI)
 MIN_PORT_SPAN = 1024  # a host's ports count up over at least this many before a 4-tuple comes back
+SESSION_GAP_LEVELS = 21  # quantiles of each session's gaps between flow starts
 
 
 def _craft_kind(kind: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> np.ndarray:
@@ -231,14 +233,23 @@ class AggregateModel:
         inside = np.delete(gaps, cut)
         self.session_gap_quantiles_ = (np.quantile(inside, np.linspace(0, 1, 101)) if len(inside)
                                        else np.zeros(101))
+        # each session's own gaps (quantiles): a short capture's flows come seconds apart, a long
+        # one's minutes; one pooled law stretched to each duration squeezed short sessions'
+        # flows into the same second (flows per busy second 4.0, real 2.3)
+        q = np.zeros((len(self.session_flows_), SESSION_GAP_LEVELS))
+        levels = np.linspace(0, 1, SESSION_GAP_LEVELS)
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if b - a >= 2:
+                q[i] = np.quantile(gaps[a:b - 1], levels)
+        self.session_gap_q_ = q
         span = max((start[-1] - start[0]) / 1e9, 1.0)
         self.mean_rate_ = float(len(start) / span)
 
     def _session_starts(self, n_flows, duration_s, rng, rate_scale) -> np.ndarray:
         """Start offsets (ns) for ``start_model="sessions"``: the learned sessions in a seeded random
         order (each permutation used whole before the next), separated by the learned silences in
-        random order; inside a session, gaps drawn from the real ones, stretched to its duration.
-        The silences are then scaled so that the flows asked for span the time the capture's mean
+        random order; inside a session, gaps drawn from that session's own (its quantiles; bundles
+        from before: the pooled gaps, stretched to its duration). The silences are then scaled so that the flows asked for span the time the capture's mean
         rate gives them (``n / (rate x rate_scale)``): the rate over the whole capture, quiet days
         included, is kept exactly, not left to which sessions were drawn. A duration lays
         sessions and silences as learned until it is covered (the mean rate in expectation; a
@@ -270,15 +281,27 @@ class AggregateModel:
         sil = np.asarray(sil, np.float64)
         ks = np.array([k for _, k in sess], np.int64)
         durs = self.session_dur_s_[[s for s, _ in sess]]
-        # inside each session: gaps from the real ones, scaled to the session's duration
-        gaps = np.interp(rng.random(int(ks.sum())), np.linspace(0, 1, 101), self.session_gap_quantiles_)
         first = np.cumsum(ks) - ks
-        gaps[first] = 0.0
-        c = np.cumsum(gaps)
-        within = c - np.repeat(c[first], ks)
-        last = within[np.cumsum(ks) - 1]
-        stretch = np.where(last > 0, durs / np.maximum(last, 1e-12), 0.0)
-        within = within * np.repeat(stretch, ks)
+        if hasattr(self, "session_gap_q_"):
+            # inside each session: gaps drawn from that session's own (more flows asked for by
+            # rate_scale come closer together); its duration is what they add up to
+            sid = np.repeat(np.array([s for s, _ in sess], np.int64), ks)
+            q = self.session_gap_q_
+            u = rng.random(int(ks.sum())) * (q.shape[1] - 1)
+            i = np.minimum(u.astype(np.int64), q.shape[1] - 2)
+            gaps = (q[sid, i] + (u - i) * (q[sid, i + 1] - q[sid, i])) / rate_scale
+            gaps[first] = 0.0
+            c = np.cumsum(gaps)
+            within = c - np.repeat(c[first], ks)
+            durs = within[np.cumsum(ks) - 1]
+        else:  # bundles from before: pooled gaps, scaled to the session's duration
+            gaps = np.interp(rng.random(int(ks.sum())), np.linspace(0, 1, 101), self.session_gap_quantiles_)
+            gaps[first] = 0.0
+            c = np.cumsum(gaps)
+            within = c - np.repeat(c[first], ks)
+            last = within[np.cumsum(ks) - 1]
+            stretch = np.where(last > 0, durs / np.maximum(last, 1e-12), 0.0)
+            within = within * np.repeat(stretch, ks)
         # session starts: durations and silences laid end to end; silences scaled to the mean rate
         idx = min(want, int(ks.sum())) - 1
         s_last = int(np.searchsorted(np.cumsum(ks), idx, side="right"))  # session of the want-th flow
@@ -556,6 +579,8 @@ class AggregateModel:
         if hasattr(self, "host_port_ranges_"):
             arrays["host_port_ranges"] = self.host_port_ranges_
         if hasattr(self, "session_flows_"):
+            if hasattr(self, "session_gap_q_"):
+                arrays["session_gap_q"] = self.session_gap_q_
             arrays.update(session_flows=self.session_flows_, session_dur_s=self.session_dur_s_,
                           silence_s=self.silence_s_, session_gap_quantiles=self.session_gap_quantiles_,
                           mean_rate=np.array([self.mean_rate_]))
@@ -581,6 +606,8 @@ class AggregateModel:
             m.session_flows_, m.session_dur_s_ = a["session_flows"], a["session_dur_s"]
             m.silence_s_, m.session_gap_quantiles_ = a["silence_s"], a["session_gap_quantiles"]
             m.mean_rate_ = float(a["mean_rate"][0])
+            if "session_gap_q" in a:
+                m.session_gap_q_ = a["session_gap_q"]
         m.groups_ = [list(g) for g in meta["groups"]]
         m.bin_s_, m.start_ns_ = float(meta["bin_s"]), int(meta["start_ns"])
         m.unsupported_share_ = float(meta["unsupported_share"])
