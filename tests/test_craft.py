@@ -68,9 +68,10 @@ def make_link_tables():
             (1, 0, 60, 60, "v2 padded"), (2, 0, 113, 113, "msg 1"), (2, 1, 113, 135, "msg 2"),
             (2, 0, 113, 169, "msg 3"), (2, 1, 113, 113, "msg 4"), (3, 0, 135, 135, "msg 2"),
             (3, 0, 135, 113, "msg 4"), (4, 0, 20, 20, "XID"), (4, 0, 60, 60, "XID padded"),
-            (5, 0, 42, 42, "request"), (5, 1, 60, 60, "reply padded")]
+            (5, 0, 42, 42, "request"), (5, 1, 60, 60, "reply padded"), (5, 0, 97, 42, "no payload")]
     packets = pd.DataFrame([r[:3] for r in rows], columns=["flow", "direction", "hdr_len"])
-    packets["payload_len"] = 0
+    packets["payload_len"] = np.where(packets["hdr_len"] == 97, 55, 0)  # a payload ARP cannot carry
+    packets["hdr_len"] -= packets["payload_len"]
     packets["tcp_flags"] = 0
     packets["ts_ns"] = T0 + np.arange(len(rows)) * 10**6
     return packets, flows, np.array([r[3] for r in rows])
@@ -257,7 +258,7 @@ def test_link_kinds_read_back_as_igmp_eapol_llc_arp(tmp_path):
     path = write_capture(tmp_path / "l.pcap", [build_frames(f.take(f.time_order()))])
     t = _read_back(path).to_pandas()
     assert t["wire_len"].tolist() == lengths.tolist()
-    assert t["ethertype"].tolist() == [0x0800] * 7 + [0x888E] * 6 + [6] * 2 + [0x0806] * 2
+    assert t["ethertype"].tolist() == [0x0800] * 7 + [0x888E] * 6 + [6] * 2 + [0x0806] * 3
     igmp = t.iloc[:7]
     assert set(igmp["ip_proto"]) == {2} and set(igmp["ip_hdr_len"]) == {24} and set(igmp["ttl"]) == {1}
     assert igmp["dst_ip"].tolist() == ["224.0.0.22"] * 5 + ["224.0.0.1"] * 2

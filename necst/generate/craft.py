@@ -540,7 +540,9 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
     tcp_opt = np.where((kp == TCP) & (hdr > 0) & ~padded_tcp,
                        np.clip((hdr - ETH_LEN - ip_len - TCP_LEN) // 4 * 4, 0, 40), 0)
     sub, msg_len, nonce = _link_messages(kp, flow, d, firsts, row_first, dst_ip, want, seed)
-    pl = np.where(np.isin(kp, (IGMP, EAPOL, LLC)), 0, pl)  # their whole message is laid by build_frames
+    # their whole message is laid by build_frames; ARP carries nothing after its 28 bytes (the
+    # flow model's noflow packets may carry an ICMP payload's length: it made ARP frames of 97 bytes)
+    pl = np.where(np.isin(kp, (ARP, IGMP, EAPOL, LLC)), 0, pl)
     l4_len = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], msg_len) + tcp_opt
     cap = np.where(np.isin(kp, LINK_ONLY), MAX_IP_PAYLOAD, MAX_IP_PAYLOAD - np.where(v6, 0, IP4_LEN) - l4_len)
     # rule 7: a non-empty payload to a port whose dissector needs a minimum message is raised to it
