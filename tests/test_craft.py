@@ -55,12 +55,15 @@ def make_link_tables():
     """IGMP (v3 and v2), EAPOL (a whole 4-way handshake and a station's side alone), LLC and ARP
     flows, with the frame lengths a model would give (hdr_len, payload 0), and what to expect."""
     flows = pd.DataFrame(dict(
-        kind=["igmp", "igmp", "eapol", "eapol", "llc", "arp"],
-        src_ip=["10.0.0.5", "10.0.0.6", "169.254.1.1", "169.254.1.2", "169.254.1.3", "10.0.0.7"],
-        dst_ip=["224.0.0.22", "224.0.0.1", "169.254.1.9", "169.254.1.8", "169.254.1.7", "10.0.0.1"],
-        src_mac=[f"02:00:00:00:00:0{i}" for i in range(6)],
+        kind=["igmp", "igmp", "eapol", "eapol", "llc", "arp", "icmp", "icmp", "icmp"],
+        src_ip=["10.0.0.5", "10.0.0.6", "169.254.1.1", "169.254.1.2", "169.254.1.3", "10.0.0.7", "fe80::1",
+                "::", "fe80::2"],
+        dst_ip=["224.0.0.22", "224.0.0.1", "169.254.1.9", "169.254.1.8", "169.254.1.7", "10.0.0.1", "ff02::2",
+                "ff02::1:ffaa:fd4e", "ff02::16"],
+        src_mac=[f"02:00:00:00:00:0{i}" for i in range(9)],
         dst_mac=["01:00:5e:00:00:16", "01:00:5e:00:00:01", "02:00:00:00:01:07", "02:00:00:00:01:08",
-                 "ff:ff:ff:ff:ff:ff", "02:00:00:00:00:0f"],
+                 "ff:ff:ff:ff:ff:ff", "02:00:00:00:00:0f", "33:33:00:00:00:02", "33:33:ff:aa:fd:4e",
+                 "33:33:00:00:00:16"],
         src_port=0, dst_port=0, ttl_src=64, ttl_dst=64, win_src=0, win_dst=0))
     # (flow, direction, model frame length, crafted frame length, note)
     rows = [(0, 0, 54, 54, "v3 1 record"), (0, 1, 62, 62, "v3 2 records, sent one way"), (0, 0, 70, 70, "v3 3"),
@@ -68,7 +71,9 @@ def make_link_tables():
             (1, 0, 60, 60, "v2 padded"), (2, 0, 113, 113, "msg 1"), (2, 1, 113, 135, "msg 2"),
             (2, 0, 113, 169, "msg 3"), (2, 1, 113, 113, "msg 4"), (3, 0, 135, 135, "msg 2"),
             (3, 0, 135, 113, "msg 4"), (4, 0, 20, 20, "XID"), (4, 0, 60, 60, "XID padded"),
-            (5, 0, 42, 42, "request"), (5, 1, 60, 60, "reply padded"), (5, 0, 97, 42, "no payload")]
+            (5, 0, 42, 42, "request"), (5, 1, 60, 60, "reply padded"), (5, 0, 97, 42, "no payload"),
+            (6, 0, 70, 70, "RS"), (7, 1, 98, 78, "NS, sent one way"), (8, 0, 110, 110, "MLDv2 2 records"),
+            (8, 0, 170, 170, "MLDv2 5 records"), (8, 0, 60, 90, "MLDv2 1 record")]
     packets = pd.DataFrame([r[:3] for r in rows], columns=["flow", "direction", "hdr_len"])
     packets["payload_len"] = np.where(packets["hdr_len"] == 97, 55, 0)  # a payload ARP cannot carry
     packets["hdr_len"] -= packets["payload_len"]
@@ -258,7 +263,10 @@ def test_link_kinds_read_back_as_igmp_eapol_llc_arp(tmp_path):
     path = write_capture(tmp_path / "l.pcap", [build_frames(f.take(f.time_order()))])
     t = _read_back(path).to_pandas()
     assert t["wire_len"].tolist() == lengths.tolist()
-    assert t["ethertype"].tolist() == [0x0800] * 7 + [0x888E] * 6 + [6] * 2 + [0x0806] * 3
+    assert t["ethertype"].tolist() == [0x0800] * 7 + [0x888E] * 6 + [6] * 2 + [0x0806] * 3 + [0x86DD] * 5
+    icmp6 = t.iloc[-5:]
+    assert set(icmp6["ip_proto"]) == {58} and icmp6["icmp_type"].tolist() == [133, 135, 143, 143, 143]
+    assert icmp6["ttl"].tolist() == [255, 255, 1, 1, 1]
     igmp = t.iloc[:7]
     assert set(igmp["ip_proto"]) == {2} and set(igmp["ip_hdr_len"]) == {24} and set(igmp["ttl"]) == {1}
     assert igmp["dst_ip"].tolist() == ["224.0.0.22"] * 5 + ["224.0.0.1"] * 2
@@ -423,6 +431,9 @@ def test_tshark_finds_link_kinds_valid(tmp_path, tshark):
     assert len(_tshark_fields(tshark, path, "wlan.rsn.version == 1", "frame.number")) == 2  # msg 2's RSN IE
     assert len(_tshark_fields(tshark, path, "llc.control == 0xaf", "frame.number")) == 2
     assert len(_tshark_fields(tshark, path, "eth.padding", "frame.number")) == 4
+    icmp6 = _tshark_fields(tshark, path, "icmpv6", "icmpv6.type", "icmpv6.checksum.status", "icmpv6.mldr.nb_mcast_records")
+    assert icmp6 == [["133", "1", ""], ["135", "1", ""], ["143", "1", "2"], ["143", "1", "5"], ["143", "1", "1"]]
+    assert len(_tshark_fields(tshark, path, "ipv6.hopopts && icmpv6.type == 143", "frame.number")) == 3
 
 
 @pytest.mark.parametrize("payload", ["zeros", "app"])

@@ -64,8 +64,11 @@ payload bytes, plus one for SYN and for FIN; an ACK acknowledges what the other 
 before it, never more, so nothing is ever unseen or missing (a run of pure ACKs acknowledges
 the other side's last segments one at a time, see ``_spread_acks``). Timestamps inside a flow
 never go back (a running maximum); the ICMP echo sequence counts the initiator's requests,
-the reply echoing the last one. ICMP of every type is crafted as echo request (initiator) /
-echo reply (responder): other types need an embedded packet that the tables do not hold.
+the reply echoing the last one. ICMP is crafted as echo request (initiator) / echo reply
+(responder), except ICMPv6 to ff02::2, a solicited-node group or ff02::16: router solicitation,
+neighbour solicitation and MLDv2 report (with its hop-by-hop router alert; one to five records
+as the model's frame length says), sent one way, as all the real captures' ICMPv6 is. Other
+ICMP types need an embedded packet that the tables do not hold.
 
 Link-local kinds (rows of ``flows`` with kind ``igmp``, ``eapol`` or ``llc``; see
 ``_link_messages``): IGMP membership reports (v3 to 224.0.0.22 with one to three group
@@ -101,6 +104,11 @@ EAPOL_KEY_INFO = np.array([0, 0x008A, 0x010A, 0x13CA, 0x030A], np.int64)  # pair
 EAPOL_KEY_DATA = np.array([0, 0, 22, 56, 0], np.int64)  # msg 2: the STA's RSN element; msg 3: wrapped GTK
 EAPOL_BODY = 95  # key descriptor fields before the key data
 RSN_IE = bytes.fromhex("30140100000fac040100000fac040100000fac020000")  # CCMP / CCMP / PSK
+ICMP6_CONTROL = 7  # packet kind (not a flow kind): ICMPv6 router/neighbour solicitation, MLDv2 report
+RS, NS, MLD = 1, 2, 3  # its variants (MLD + r - 1: a report of r records)
+MLD_GROUPS = np.array([np.frombuffer(ipaddress.IPv6Address(a).packed, np.uint8) for a in
+                       ("ff02::1:3", "ff02::fb", "ff02::c", "ff02::1:ff00:1", "ff02::202")])  # LLMNR, mDNS, SSDP...
+HBH_ROUTER_ALERT = bytes.fromhex("3a00050200000100")  # next: ICMPv6; router alert (MLD); PadN
 LLC_XID = bytes.fromhex("0001af810100")  # 802.2 XID response, null SAPs (what Linux bridges announce)
 MAX_IP_PAYLOAD = 65535
 PAYLOAD_MODES = ("zeros", "app")
@@ -415,6 +423,16 @@ def _l3_len(kp: np.ndarray, v6: np.ndarray) -> np.ndarray:
                      np.where(v6, IP6_LEN, IP4_LEN))
 
 
+def _icmp6_variant(is_icmp: np.ndarray, ver: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Per flow: RS to ff02::2, NS to a solicited-node group ff02::1:ffXX:XXXX, MLD to ff02::16, else 0."""
+    ff02 = (dst[:, 0] == 0xFF) & (dst[:, 1] == 0x02) & (dst[:, 2:11] == 0).all(axis=1)
+    v = np.zeros(len(dst), np.int64)
+    v[ff02 & (dst[:, 11:15] == 0).all(axis=1) & (dst[:, 15] == 2)] = RS
+    v[ff02 & (dst[:, 11] == 1) & (dst[:, 12] == 0xFF)] = NS
+    v[ff02 & (dst[:, 11:15] == 0).all(axis=1) & (dst[:, 15] == 0x16)] = MLD
+    return np.where(is_icmp & (ver == 6), v, 0)
+
+
 def _link_messages(kp, flow, d, firsts, row_first, dst_ip, want, seed):
     """Per packet of the IGMP, EAPOL and LLC flows: message variant, message length, random bits.
 
@@ -511,6 +529,15 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
         raise NecstError("craft: ARP needs IPv4 addresses")
     if ((kind == IGMP) & (ver_s != 4)).any():
         raise NecstError("craft: IGMP needs IPv4 addresses")
+    # ICMPv6 to the all-routers, a solicited-node or the MLDv2 group: router solicitation,
+    # neighbour solicitation (duplicate address detection), MLDv2 report, sent one way (the real
+    # captures hold no ICMPv6 echo at all); other ICMPv6 stays echo request / reply
+    icmp6 = _icmp6_variant(kind == ICMP, ver_s, dst_ip)
+    if n:
+        ctl = icmp6[flow] > 0
+        d = np.where(ctl, 0, d)
+        kp = np.where(ctl, ICMP6_CONTROL, kp)
+        pl = np.where(ctl, 0, pl)
     src_mac = _parse_macs(np.asarray(_column(flows, "src_mac")))
     dst_mac = _parse_macs(np.asarray(_column(flows, "dst_mac")))
     zeros = np.zeros(n_flows, np.int64)
@@ -540,6 +567,12 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
     tcp_opt = np.where((kp == TCP) & (hdr > 0) & ~padded_tcp,
                        np.clip((hdr - ETH_LEN - ip_len - TCP_LEN) // 4 * 4, 0, 40), 0)
     sub, msg_len, nonce = _link_messages(kp, flow, d, firsts, row_first, dst_ip, want, seed)
+    if n and (kp == ICMP6_CONTROL).any():
+        ctl = kp == ICMP6_CONTROL
+        v = icmp6[flow]
+        records = np.where((want >= 90) & (want <= 170) & ((want - 70) % 20 == 0), (want - 70) // 20, 1)
+        sub = np.where(ctl, np.where(v == MLD, MLD - 1 + records, v), sub)
+        msg_len = np.where(ctl, np.select([v == RS, v == NS], [16, 24], 8 + 8 + 20 * records), msg_len)
     # their whole message is laid by build_frames; ARP carries nothing after its 28 bytes (the
     # flow model's noflow packets may carry an ICMP payload's length: it made ARP frames of 97 bytes)
     pl = np.where(np.isin(kp, (ARP, IGMP, EAPOL, LLC)), 0, pl)
@@ -602,7 +635,8 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
         "sport": np.where(fwd, sport[flow], dport[flow]).astype(np.uint16),
         "dport": np.where(fwd, dport[flow], sport[flow]).astype(np.uint16),
         # IGMP stays on its link (TTL 1, RFC 2236 / 3376)
-        "ttl": np.where(kp == IGMP, 1, np.clip(np.where(fwd, ttl_s[flow], ttl_d[flow]), 1, 255)).astype(np.uint8),
+        "ttl": np.select([kp == IGMP, (kp == ICMP6_CONTROL) & (sub >= MLD), kp == ICMP6_CONTROL], [1, 1, 255],
+                         np.clip(np.where(fwd, ttl_s[flow], ttl_d[flow]), 1, 255)).astype(np.uint8),
         "window": win.astype(np.uint16),
         "seq": seq.astype(np.uint32), "ack": ack.astype(np.uint32),
         "ip_id": ((id_base[flow, d] + rank) & 0xFFFF).astype(np.uint16),
@@ -714,7 +748,7 @@ def build_frames(fields: PacketFields, *, layout: str = "pcap", payload: str = "
             mat = _headers(fields, sel, ver, k, pay_sum[sel])
             w = mat.shape[1]
             buf[(off[sel][:, None] + np.arange(w)).ravel()] = mat.ravel()
-    for k in (IGMP, EAPOL, LLC):
+    for k in (IGMP, EAPOL, LLC, ICMP6_CONTROL):
         sel_k = np.flatnonzero(kp == k)
         for variant in np.unique(fields["sub"][sel_k]):  # one fixed width per message variant
             sel = sel_k[fields["sub"][sel_k] == variant]
@@ -826,6 +860,8 @@ def _link_frame(f: PacketFields, sel: np.ndarray, k: int, variant: int) -> np.nd
     eth = np.zeros(m, _ETH)
     eth["src"], eth["dst"] = f["mac_src"][sel], f["mac_dst"][sel]
     seed = f["nonce"][sel]
+    if k == ICMP6_CONTROL:
+        return _icmp6_frame(f, sel, eth, variant)
     if k == LLC:  # 802.3: the type field holds the LLC PDU's length
         eth["type"] = len(LLC_XID)
         return np.hstack([_bytes(eth), _even_matrix(LLC_XID, m)[:, :len(LLC_XID)]])
@@ -876,6 +912,46 @@ def _link_frame(f: PacketFields, sel: np.ndarray, k: int, variant: int) -> np.nd
     elif kd:
         parts.append(rnd[:, 48:48 + kd])  # wrapped (encrypted) key data
     return np.hstack(parts)
+
+
+def _icmp6_frame(f: PacketFields, sel: np.ndarray, eth: np.ndarray, variant: int) -> np.ndarray:
+    """Router solicitation (with the source link-layer address), neighbour solicitation (its target
+    ends with the solicited-node group's 24 bits) or MLDv2 report of ``variant - MLD + 1`` records
+    (change to exclude, no sources; after a hop-by-hop header with the router alert)."""
+    m = len(sel)
+    eth["type"] = 0x86DD
+    src, dst = f["ip_src"][sel], f["ip_dst"][sel]
+    if variant == RS:
+        msg = np.zeros((m, 16), np.uint8)
+        msg[:, 0], msg[:, 8], msg[:, 9] = 133, 1, 1
+        msg[:, 10:16] = f["mac_src"][sel]
+    elif variant == NS:
+        msg = np.zeros((m, 24), np.uint8)
+        msg[:, 0] = 135
+        msg[:, 8:10] = [0xFE, 0x80]
+        msg[:, 19:21] = [0xFF, 0xFE]
+        msg[:, 21:24] = dst[:, 13:16]
+    else:
+        r = variant - MLD + 1
+        msg = np.zeros((m, 8 + 20 * r), np.uint8)
+        msg[:, 0], msg[:, 7] = 143, r
+        for i in range(r):
+            msg[:, 8 + 20 * i] = 4  # change to exclude: join
+            msg[:, 12 + 20 * i:28 + 20 * i] = MLD_GROUPS[i % len(MLD_GROUPS)]
+    pseudo = _word_sum(src) + _word_sum(dst) + np.uint64(58) + np.uint64(msg.shape[1])
+    csum = _fold(_word_sum(msg) + pseudo)
+    msg[:, 2], msg[:, 3] = csum >> 8, csum & 0xFF
+    hbh = variant >= MLD
+    ip = np.zeros(m, _IP6)
+    ip["vtf"] = 6 << 28
+    ip["plen"] = msg.shape[1] + (8 if hbh else 0)
+    ip["nh"] = 0 if hbh else 58
+    ip["hlim"] = f["ttl"][sel]
+    ip["src"], ip["dst"] = src, dst
+    parts = [_bytes(eth), _bytes(ip)]
+    if hbh:
+        parts.append(np.broadcast_to(np.frombuffer(HBH_ROUTER_ALERT, np.uint8), (m, 8)))
+    return np.hstack(parts + [msg])
 
 
 # --------------------------------------------------------------------------------------------
