@@ -51,6 +51,45 @@ LINUX_EPHEMERAL_HI = 60999
 DEFAULT_PORT_RANGES = (0.0, 1024, 4999, EPHEMERAL_LO, LINUX_EPHEMERAL_HI)
 MIN_PORT_SPAN = 1024  # a host's ports count up over at least this many before a 4-tuple comes back
 SESSION_GAP_LEVELS = 21  # quantiles of each session's gaps between flow starts
+# Ports >= 1024 that Wireshark 4.0 dissects by number (`tshark -G decodes`, tcp.port and udp.port):
+# an ephemeral port among them makes Wireshark read the flow as that protocol (GSM IPA on 4249,
+# say) and call its zero payloads malformed, so ephemeral ports skip them.
+_DISSECTOR_PORTS = (
+    "1044 1052 1069 1080 1089-1091 1099 1101-1102 1113 1153 1194 1213 1293 1300 1344 1433 1521 1533 "
+    "1547 1628-1629 1645-1646 1700-1701 1718-1719 1723 1745 1755 1812-1813 1861 1863 1883 1900 1935 "
+    "1978-1979 1985 1998 2000-2001 2029 2048 2055 2065 2067 2099 2123 2126 2152 2157 2190 2221-2222 "
+    "2231 2234 2240 2246 2268-2269 2313 2321-2322 2345 2401 2404 2424 2427-2428 2433 2443 2501-2502 "
+    "2571 2575 2600 2710 2727 2812 2855 2869 2887 2944-2945 2948-2949 2960 3000 3002-3003 3006 3014 "
+    "3016-3019 3050 3121 3128 3130 3132 3205 3222 3245-3252 3268 3288 3306 3333-3334 3343 3357 3369 "
+    "3386 3389 3452 3455 3478 3483 3496 3503 3540 3544 3567 3622 3632 3671 3689 3724 3784-3785 3792 "
+    "3799 3804 3819 3860 3863 3868 3918 3956 4000 4002 4011 4058 4155 4189 4222-4224 4249-4250 "
+    "4305-4307 4321 4341-4342 4369 4420 4500 4533-4534 4551 4555-4556 4569 4661-4663 4665 4672 "
+    "4712-4713 4729-4730 4737 4739 4754 4784 4788-4791 4840 4880 4991 5000-5001 5010 5031 5050 "
+    "5060-5061 5066 5072 5084 5094 5190 5222 5246-5247 5253 5264-5265 5350-5351 5353 5355 5404-5405 "
+    "5432 5436 5445 5500-5501 5534 5555 5567 5671-5672 5678 5683-5684 5701 5721 5868 5900-5901 5985 "
+    "5997 6000-6063 6068 6073 6075 6081 6084 6087 6118 6121 6160 6343 6346 6379 6417 6543 6635 6653 "
+    "6666-6668 6696 6784 6881-6889 6970 7000-7010 7021 7074-7075 7171-7172 7236 7255 7275-7276 7784 "
+    "7871 7890 7900 7911 7930 8000 8004 8009-8010 8023 8074 8080 8085 8088 8116 8161 8200 8211 8554 "
+    "8567 8600 8611-8614 8755 8767 8805 8848 8883 9000 9003 9009 9042 9092 9168 9200-9203 9214 9300 "
+    "9418 9600 9875 9877 9899 9901 9955-9956 9996 9999-10000 10253 10288 10500 11207 11210-11211 "
+    "11273 11371 11898 12000-12004 12220 12222-12223 13400 13819 13907 13910 14001 15740 17220 17500 "
+    "17754-17756 18246 19006 19042-19043 19132 19506 19543 19788 19948 19999-20000 20256 20561 21064 "
+    "22222 23272 24576-24577 24800 25826 26000 27017 27036 27500 27910 27950-27953 27960-27963 29418 "
+    "30000-30200 32000 32512 34962 34980 37008 41170 44321-44322 44818 45564 47000 47808 48049 48898 "
+    "49999 54328 56000-56001 56500-56501 57000-57001 57032-57033 57500-57501 57532-57533 59000-59001 "
+    "59032-59033 59500-59501 59532-59533 60001 "
+)
+
+
+def _dissector_ports() -> np.ndarray:
+    out = []
+    for part in "".join(_DISSECTOR_PORTS).split():
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b or a) + 1))
+    return np.array(out, np.int64)
+
+
+DISSECTOR_PORTS = _dissector_ports()
 
 
 def _craft_kind(kind: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> np.ndarray:
@@ -540,13 +579,23 @@ class AggregateModel:
         hi = np.where(low, r[:, 2], r[:, 4]).astype(np.int64)
         span = np.maximum(hi - lo + 1, MIN_PORT_SPAN)
         lo = np.clip(np.minimum(lo, 65536 - span), 1024, None)
-        stride = np.rint(span * 0.6180339887).astype(np.int64) | 1
+        # the range's ports less those Wireshark dissects by number: walk the k-th of those left
+        d_lo = np.searchsorted(DISSECTOR_PORTS, lo)
+        free = span - (np.searchsorted(DISSECTOR_PORTS, lo + span) - d_lo)
+        stride = np.rint(free * 0.6180339887).astype(np.int64) | 1
         for _ in range(64):  # the next odd numbers until coprime with the width (a few steps at most)
-            bad = np.gcd(stride, span) != 1
+            bad = np.gcd(stride, free) != 1
             if not bad.any():
                 break
             stride = np.where(bad, stride + 2, stride)
-        return lo + (hash_host(k2) + rank * stride) % span
+        k = (hash_host(k2) + rank * stride) % free
+        port = lo + k
+        for _ in range(256):  # the k-th free port: step over the dissector ports below it
+            nxt = lo + k + (np.searchsorted(DISSECTOR_PORTS, port, side="right") - d_lo)
+            if np.array_equal(nxt, port):
+                break
+            port = nxt
+        return port
 
     def _real_addresses(self) -> list[str]:
         """The real addresses; MAC-only hosts (ARP) numbered from 169.254.1.0."""
