@@ -78,7 +78,7 @@ def test_ephemeral_ports_follow_each_hosts_range(dataset, model):
     # no port that Wireshark would dissect as some protocol (its zero payloads then malformed)
     from necst.model.aggregate import DISSECTOR_PORTS
 
-    assert 4249 in DISSECTOR_PORTS and not np.isin(plan["src_port"], DISSECTOR_PORTS).any()
+    assert 4249 in DISSECTOR_PORTS and not np.isin(port, DISSECTOR_PORTS).any()
     flows = dataset.flows.to_pandas()
     real = flows.loc[flows["kind"].astype(str) == "tcp", "src_port"].to_numpy(float)
     assert (real < 32768).mean() > 0.02  # the test devices include stacks with low ports (WeMo)
