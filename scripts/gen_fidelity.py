@@ -5,8 +5,14 @@ closing shares, real beside synthetic.
     python scripts/gen_fidelity.py table REPORT_DIR [REPORT_DIR ...]
     python scripts/gen_fidelity.py detail REAL_DATASET SYNTH_CAPTURE [--top 15]
 
+    python scripts/gen_fidelity.py discriminator REAL_DATASET SYNTH_CAPTURE
+
 ``table`` prints one column of ratios per report (the discriminator AUC as itself); ``detail``
-reads both samples with necst's own reader so the histograms are those the metrics compare.
+reads both samples with necst's own reader so the histograms are those the metrics compare;
+``discriminator`` says which flow features give the synthetic flows away: the AUC with every
+feature, with the end reasons eof / idle / active merged into one "open" (a dataset of many
+short captures ends its open flows at each file's end, one synthetic capture by idle timeout),
+without the end reason, and with each feature alone.
 """
 from __future__ import annotations
 
@@ -70,6 +76,24 @@ def detail(real: str, synth: str, top: int) -> None:
     show("wire length (packets, top values)", lambda p, f: p["wire_len"].value_counts())
 
 
+def discriminator(real: str, synth: str) -> None:
+    from necst.evaluate.discriminator import discriminator_auc
+    from necst.evaluate.views import prepare
+    from necst.process.dataset import load_dataset
+
+    a, b = (prepare(d.packets, d.flows, n).flow_features for n, d in
+            (("real", load_dataset(real)), ("synthetic", load_dataset(synth))))
+
+    def merged(x):
+        return x.assign(end_reason=x["end_reason"].replace({"eof": "open", "idle": "open", "active": "open"}))
+
+    rows = [("every feature", a, b), ("end_reason eof/idle/active merged", merged(a), merged(b)),
+            ("without end_reason", a.drop(columns=["end_reason"]), b.drop(columns=["end_reason"]))]
+    rows += [(f"{c} alone", a[[c]], b[[c]]) for c in a.columns]
+    for name, x, y in rows:
+        print(f"{name:40s} AUC {discriminator_auc(x, y)['auc']:.3f}")
+
+
 def _flag_name(bits: int) -> str:
     names = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS"]
     if bits < 0:
@@ -86,9 +110,14 @@ def main() -> None:
     d.add_argument("real")
     d.add_argument("synth")
     d.add_argument("--top", type=int, default=15)
+    c = sub.add_parser("discriminator")
+    c.add_argument("real")
+    c.add_argument("synth")
     a = ap.parse_args()
     if a.cmd == "table":
         table(a.reports)
+    elif a.cmd == "discriminator":
+        discriminator(a.real, a.synth)
     else:
         detail(a.real, a.synth, a.top)
 
