@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from necst.errors import BundleError, OutputExistsError
-from necst.model.aggregate import AggregateModel, _pseudonyms
+from necst.model.aggregate import AggregateModel, _craft_kind, _pseudonyms
 from necst.process.dataset import load_dataset, process_captures
 
-DEVICES = ["HueBridge", "EdimaxCam1", "TP-LinkPlugHS100", "Withings"]
+DEVICES = ["HueBridge", "EdimaxCam1", "TP-LinkPlugHS100", "Withings", "WeMoSwitch2"]  # WeMo: low ephemeral ports
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,31 @@ def test_hosts_ports_and_pairs_come_from_the_capture(dataset, model):
     assert not tcp.duplicated(["src_ip", "dst_ip", "src_port", "dst_port"]).any()
 
 
+def test_ephemeral_ports_follow_each_hosts_range(dataset, model):
+    """Each host's ephemeral ports come from its own low (< 32768) or high range, widened to
+    MIN_PORT_SPAN, with the host's share of low ones: the capture's share of low ports is kept."""
+    from necst.model.aggregate import MIN_PORT_SPAN
+
+    plan = model.sample(n_flows=3000, seed=4)
+    tcp = plan[plan["craft_kind"] == "tcp"]
+    r = model.host_port_ranges_[tcp["src_host"].to_numpy()]
+    port = tcp["src_port"].to_numpy()
+    inside = np.zeros(len(port), bool)
+    for lo, hi in ((r[:, 1], r[:, 2]), (r[:, 3], r[:, 4])):
+        span = np.maximum(hi - lo + 1, MIN_PORT_SPAN)
+        lo = np.clip(np.minimum(lo, 65536 - span), 1024, None)
+        inside |= (port >= lo) & (port < lo + span)
+    assert inside.all()
+    # no port that Wireshark would dissect as some protocol (its zero payloads then malformed)
+    from necst.model.aggregate import DISSECTOR_PORTS
+
+    assert 4249 in DISSECTOR_PORTS and not np.isin(port, DISSECTOR_PORTS).any()
+    flows = dataset.flows.to_pandas()
+    real = flows.loc[flows["kind"].astype(str) == "tcp", "src_port"].to_numpy(float)
+    assert (real < 32768).mean() > 0.02  # the test devices include stacks with low ports (WeMo)
+    assert abs((real < 32768).mean() - (port < 32768).mean()) < 0.012, ((real < 32768).mean(), (port < 32768).mean())
+
+
 def test_keep_addresses_reuses_real_ones(dataset, model):
     real = set(dataset.flows.column("src_ip").drop_null().to_pylist()) | set(
         dataset.flows.column("dst_ip").drop_null().to_pylist())
@@ -68,6 +93,14 @@ def test_keep_addresses_reuses_real_ones(dataset, model):
         used = set(plan["src_ip"]) | set(plan["dst_ip"])
         assert used - real <= {a for a in used if a.startswith("169.254.")}
         assert len(used & real) > 3
+
+
+def test_craft_kinds_cover_the_link_local_noflow_traffic():
+    kind = np.array(["tcp", "udp", "noflow", "noflow", "noflow", "noflow", "noflow", "noflow", "noflow"])
+    proto = np.array([6, 17, 1, 58, 2, 0, 0, 0, 89])
+    ether = np.array([0x0800, 0x86DD, 0x0800, 0x86DD, 0x0800, 0x0806, 0x888E, 6, 0x0800])
+    assert _craft_kind(kind, proto, ether).tolist() == ["tcp", "udp", "icmp", "icmp", "igmp", "arp", "eapol",
+                                                        "llc", ""]  # OSPF (89) is not crafted
 
 
 def test_pseudonyms_keep_subnets_locality_and_rank():
@@ -83,6 +116,20 @@ def test_pseudonyms_keep_subnets_locality_and_rank():
     assert a[3] in ipaddress.ip_network("198.18.0.0/15") and a[4] in ipaddress.ip_network("198.18.0.0/15")
     assert a[6].is_link_local and a[7] in ipaddress.ip_network("2001:db8::/32")
     assert out == _pseudonyms(ips, pop)
+
+
+def _flows_per_busy_second(start_ns: np.ndarray) -> float:
+    sec = np.floor((start_ns - start_ns.min()) / 1e9).astype(np.int64)
+    return len(sec) / len(np.unique(sec))
+
+
+def test_session_gaps_keep_flows_per_busy_second(dataset, model):
+    """Gaps inside a session come from that session's own: flows are as spread over the seconds
+    as in the capture (a pooled law stretched to each session's duration crowded them together)."""
+    real = dataset.flows.to_pandas()["first_seen_ns"].to_numpy(np.int64)
+    plan = model.sample(n_flows=len(real), seed=6)
+    r, s = _flows_per_busy_second(real), _flows_per_busy_second(plan["start_ns"].to_numpy(np.int64))
+    assert abs(s / r - 1) < 0.25, (r, s)
 
 
 def test_session_starts_keep_the_mean_rate(dataset, model):

@@ -51,11 +51,42 @@ def make_tables(n_flows=300, seed=0, messy=True):
     return packets, flows
 
 
+def make_link_tables():
+    """IGMP (v3 and v2), EAPOL (a whole 4-way handshake and a station's side alone), LLC and ARP
+    flows, with the frame lengths a model would give (hdr_len, payload 0), and what to expect."""
+    flows = pd.DataFrame(dict(
+        kind=["igmp", "igmp", "eapol", "eapol", "llc", "arp", "icmp", "icmp", "icmp"],
+        src_ip=["10.0.0.5", "10.0.0.6", "169.254.1.1", "169.254.1.2", "169.254.1.3", "10.0.0.7", "fe80::1",
+                "::", "fe80::2"],
+        dst_ip=["224.0.0.22", "224.0.0.1", "169.254.1.9", "169.254.1.8", "169.254.1.7", "10.0.0.1", "ff02::2",
+                "ff02::1:ffaa:fd4e", "ff02::16"],
+        src_mac=[f"02:00:00:00:00:0{i}" for i in range(9)],
+        dst_mac=["01:00:5e:00:00:16", "01:00:5e:00:00:01", "02:00:00:00:01:07", "02:00:00:00:01:08",
+                 "ff:ff:ff:ff:ff:ff", "02:00:00:00:00:0f", "33:33:00:00:00:02", "33:33:ff:aa:fd:4e",
+                 "33:33:00:00:00:16"],
+        src_port=0, dst_port=0, ttl_src=64, ttl_dst=64, win_src=0, win_dst=0))
+    # (flow, direction, model frame length, crafted frame length, note)
+    rows = [(0, 0, 54, 54, "v3 1 record"), (0, 1, 62, 62, "v3 2 records, sent one way"), (0, 0, 70, 70, "v3 3"),
+            (0, 0, 60, 60, "v3 1 record padded"), (0, 0, 135, 54, "v3 1 record"), (1, 0, 46, 46, "v2"),
+            (1, 0, 60, 60, "v2 padded"), (2, 0, 113, 113, "msg 1"), (2, 1, 113, 135, "msg 2"),
+            (2, 0, 113, 169, "msg 3"), (2, 1, 113, 113, "msg 4"), (3, 0, 135, 135, "msg 2"),
+            (3, 0, 135, 113, "msg 4"), (4, 0, 20, 20, "XID"), (4, 0, 60, 60, "XID padded"),
+            (5, 0, 42, 42, "request"), (5, 1, 60, 60, "reply padded"), (5, 0, 97, 42, "no payload"),
+            (6, 0, 70, 70, "RS"), (7, 1, 98, 78, "NS, sent one way"), (8, 0, 110, 110, "MLDv2 2 records"),
+            (8, 0, 170, 170, "MLDv2 5 records"), (8, 0, 60, 90, "MLDv2 1 record")]
+    packets = pd.DataFrame([r[:3] for r in rows], columns=["flow", "direction", "hdr_len"])
+    packets["payload_len"] = np.where(packets["hdr_len"] == 97, 55, 0)  # a payload ARP cannot carry
+    packets["hdr_len"] -= packets["payload_len"]
+    packets["tcp_flags"] = 0
+    packets["ts_ns"] = T0 + np.arange(len(rows)) * 10**6
+    return packets, flows, np.array([r[3] for r in rows])
+
+
 def _read_back(path) -> pa.Table:
     return pa.Table.from_batches([decode(b) for b in CaptureReader(path)])
 
 
-def _one_flow(flags, dirs, payload, kind="tcp", attempts=False):
+def _one_flow(flags, dirs, payload, kind="tcp", attempts=False, open_established=True):
     n = len(flags)
     packets = pd.DataFrame(dict(flow=0, ts_ns=T0 + np.arange(n) * 1000, direction=dirs,
                                 tcp_flags=flags, payload_len=payload))
@@ -63,7 +94,7 @@ def _one_flow(flags, dirs, payload, kind="tcp", attempts=False):
                               src_mac=["02:00:00:00:00:01"], dst_mac=["02:00:00:00:00:02"],
                               src_port=[40000], dst_port=[80], ttl_src=[64], ttl_dst=[128],
                               win_src=[1000], win_dst=[0]))
-    return plan_packets(packets, flows, seed=1, attempts=attempts)
+    return plan_packets(packets, flows, seed=1, attempts=attempts, open_established=open_established)
 
 
 # ---- TCP state machine ----------------------------------------------------------------------
@@ -86,7 +117,7 @@ def test_refused_attempt_gets_rst_ack_of_the_syn():
 
 def test_syn_retransmission_before_a_handshake():
     f = _one_flow([SYN, SYN, SYN | ACK, ACK, ACK | PSH, ACK], [0, 0, 1, 0, 0, 1], [0, 0, 0, 0, 10, 0],
-                  attempts=True)
+                  attempts=True, open_established=False)
     assert f["tcp_flags"].tolist() == [SYN, SYN, SYN | ACK, ACK, ACK | PSH, ACK | FIN]
     assert f.repairs["handshake_inserted"] == 0 and f.repairs["syn_retransmissions"] == 1
     assert f["seq"][0] == f["seq"][1] and int(f["ack"][2]) == (int(f["seq"][0]) + 1) & 0xFFFFFFFF
@@ -145,9 +176,33 @@ def test_close_flows_off_leaves_open_flows_open():
                                 tcp_flags=[SYN, SYN | ACK, ACK, ACK], payload_len=[0, 0, 5, 0]))
     _, flows = make_tables(1)
     flows = flows.assign(kind="tcp", src_ip="10.0.0.1", dst_ip="10.0.0.2")
-    closed = plan_packets(packets, flows, close_flows=True)["tcp_flags"]
+    closed = plan_packets(packets, flows, close_flows=True, open_established=False)["tcp_flags"]
     left = plan_packets(packets, flows, close_flows=False)["tcp_flags"]
     assert closed[-1] == ACK | FIN and left[-1] == ACK
+
+
+def test_model_established_flow_left_open_but_repaired_one_closed():
+    """Rule 5 spares only a flow whose handshake the model made itself (a connection cut by the
+    capture's end); a flow that needed a handshake inserted is still closed."""
+    own = _one_flow([SYN, SYN | ACK, ACK, ACK | PSH, ACK], [0, 1, 0, 0, 1], [0, 0, 0, 10, 0])
+    assert own["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK, ACK | PSH, ACK]
+    assert own.repairs["left_open"] == 1
+    repaired = _one_flow([ACK | PSH, ACK], [0, 1], [10, 0])
+    assert repaired["tcp_flags"].tolist()[:3] == [SYN, SYN | ACK, ACK | PSH]
+    assert repaired["tcp_flags"][-1] == ACK | FIN and repaired.repairs["left_open"] == 0
+    closed = _one_flow([SYN, SYN | ACK, ACK, ACK | PSH, ACK], [0, 1, 0, 0, 1], [0, 0, 0, 10, 0],
+                       open_established=False)
+    assert closed["tcp_flags"][-1] == ACK | FIN
+
+
+def test_repeated_closing_rsts_kept_other_rsts_cleared():
+    """A side closing with a run of bare RSTs keeps them (a third of real RSTs); an RST before other
+    traffic, or from the other side before the last packet, is cleared."""
+    f = _one_flow([SYN, SYN | ACK, ACK, ACK | PSH, RST, RST, RST], [0, 1, 0, 0, 0, 0, 0], [0, 0, 0, 10, 0, 0, 0])
+    assert f["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK, ACK | PSH, RST, RST, RST]
+    assert len(set(f["seq"][-3:].tolist())) == 1 and f["ack"][-3:].tolist() == [0, 0, 0]
+    g = _one_flow([SYN, SYN | ACK, ACK, RST, ACK | PSH, RST | ACK, RST], [0, 1, 0, 1, 0, 1, 0], [0, 0, 0, 0, 10, 0, 0])
+    assert g["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK, ACK, ACK | PSH, ACK, RST]
 
 
 def test_partial_handshake_completed_in_place():
@@ -199,6 +254,37 @@ def test_read_back_with_necst_reader_matches_plan(tmp_path):
     assert np.array_equal(l4, 20 + f["tcp_opt"][tcp].astype(np.int64))
     assert (f["tcp_opt"][tcp] > 0).any() and set(np.unique(f["tcp_opt"])) <= set(range(0, 41, 4))
     assert t["cap_len"].to_numpy().tolist() == t["wire_len"].to_numpy().tolist()
+
+
+def test_link_kinds_read_back_as_igmp_eapol_llc_arp(tmp_path):
+    packets, flows, lengths = make_link_tables()
+    f = plan_packets(packets, flows, seed=3)
+    assert f["direction"][f["kind"] == 4].tolist() == [0] * 7  # IGMP reports go one way
+    path = write_capture(tmp_path / "l.pcap", [build_frames(f.take(f.time_order()))])
+    t = _read_back(path).to_pandas()
+    assert t["wire_len"].tolist() == lengths.tolist()
+    assert t["ethertype"].tolist() == [0x0800] * 7 + [0x888E] * 6 + [6] * 2 + [0x0806] * 3 + [0x86DD] * 5
+    icmp6 = t.iloc[-5:]
+    assert set(icmp6["ip_proto"]) == {58} and icmp6["icmp_type"].tolist() == [133, 135, 143, 143, 143]
+    assert icmp6["ttl"].tolist() == [255, 255, 1, 1, 1]
+    igmp = t.iloc[:7]
+    assert set(igmp["ip_proto"]) == {2} and set(igmp["ip_hdr_len"]) == {24} and set(igmp["ttl"]) == {1}
+    assert igmp["dst_ip"].tolist() == ["224.0.0.22"] * 5 + ["224.0.0.1"] * 2
+    assert t["eth_dst"].tolist()[13:15] == ["ff:ff:ff:ff:ff:ff"] * 2
+
+
+def test_tcp_60_byte_frame_is_padding_not_options():
+    """hdr_len 60 with no payload: a padded 54-byte segment (no options); 58: one option word."""
+    packets = pd.DataFrame(dict(flow=0, ts_ns=T0 + np.arange(5), direction=[0, 1, 0, 1, 0],
+                                tcp_flags=[SYN, SYN | ACK, ACK, ACK, ACK], payload_len=[0, 0, 0, 4, 0],
+                                hdr_len=[58, 74, 60, 56, 66]))
+    flows = pd.DataFrame(dict(kind=["tcp"], src_ip=["10.0.0.1"], dst_ip=["10.0.0.2"], src_mac=["02:00:00:00:00:01"],
+                              dst_mac=["02:00:00:00:00:02"], src_port=[40000], dst_port=[8080]))
+    f = plan_packets(packets, flows)
+    assert f["tcp_opt"].tolist() == [4, 20, 0, 0, 12]
+    assert f["pad"].tolist() == [0, 0, 6, 2, 0]
+    frames = build_frames(f)
+    assert frames.wire_len.tolist() == [58, 74, 60, 60, 66]
 
 
 def test_unknown_kind_and_bad_mac_are_clear_errors():
@@ -278,7 +364,7 @@ _ANALYSIS = ["lost_segment", "ack_lost_segment", "retransmission", "fast_retrans
              "spurious_retransmission", "out_of_order", "zero_window", "reused_ports", "window_update",
              "window_full", "keep_alive", "duplicate_ack"]
 _CSUM = ["ip.checksum.status", "tcp.checksum.status", "udp.checksum.status", "icmp.checksum.status",
-         "icmpv6.checksum.status"]
+         "icmpv6.checksum.status", "igmp.checksum.status"]
 _EXPERT_ERROR = "8388608"  # PI_ERROR
 
 
@@ -312,7 +398,8 @@ def test_tshark_sees_failed_attempts_as_real_ones(tmp_path, tshark):
     """Unanswered and refused attempts: streams opening with a SYN, the repeated SYNs Wireshark's
     retransmissions (as in real captures), nothing else flagged."""
     rows = [(0, 0, SYN, 0), (0, 0, SYN, 0), (0, 0, SYN, 0), (1, 0, SYN, 0), (1, 1, RST, 0),
-            (2, 0, SYN, 0), (2, 0, SYN, 0), (2, 1, SYN | ACK, 0), (2, 0, ACK | PSH, 30), (2, 1, ACK, 0)]
+            (2, 0, SYN, 0), (2, 0, SYN, 0), (2, 1, SYN | ACK, 0), (2, 0, ACK | PSH, 30), (2, 1, ACK, 0),
+            (2, 0, RST, 0), (2, 0, RST, 0)]  # a bare RST repeated: nothing for Wireshark to flag
     packets = pd.DataFrame(rows, columns=["flow", "direction", "tcp_flags", "payload_len"])
     packets["ts_ns"] = T0 + np.arange(len(rows)) * 10**9
     flows = pd.DataFrame(dict(kind="tcp", src_ip="10.0.0.1", dst_ip="10.0.0.2", src_mac="02:00:00:00:00:01",
@@ -325,6 +412,28 @@ def test_tshark_sees_failed_attempts_as_real_ones(tmp_path, tshark):
     assert v["retransmission"] == 3 and v["retransmissions_other_than_syn"] == 0, v
     assert v["analysis_other_than_dup_ack_or_syn_retransmission"] == 0, v
     assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
+
+
+def test_tshark_finds_link_kinds_valid(tmp_path, tshark):
+    """IGMP, EAPOL, LLC and padded frames: dissected as such, nothing malformed, checksums good."""
+    packets, flows, lengths = make_link_tables()
+    path = write_capture(tmp_path / "l.pcap", [craft(packets, flows, seed=5)])
+    v = tshark_verdict(tshark, path)
+    assert v["packets"] == len(lengths)
+    assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
+    assert not _tshark_fields(tshark, path, "_ws.expert", "frame.number")  # not even a note
+    igmp = _tshark_fields(tshark, path, "igmp", "igmp.version", "igmp.type", "igmp.num_grp_recs",
+                          "igmp.checksum.status", "ip.opt.type")
+    assert [r[:3] for r in igmp] == [["3", "0x22", n] for n in "1231"] + [["3", "0x22", "1"]] + [["2", "0x16", ""]] * 2
+    assert all(r[3] == "1" and r[4] == "148" for r in igmp)  # good checksum, router alert
+    msgs = _tshark_fields(tshark, path, "eapol", "eapol.type", "wlan_rsna_eapol.keydes.msgnr")
+    assert [r[1] for r in msgs] == ["1", "2", "3", "4", "2", "4"] and {r[0] for r in msgs} == {"3"}
+    assert len(_tshark_fields(tshark, path, "wlan.rsn.version == 1", "frame.number")) == 2  # msg 2's RSN IE
+    assert len(_tshark_fields(tshark, path, "llc.control == 0xaf", "frame.number")) == 2
+    assert len(_tshark_fields(tshark, path, "eth.padding", "frame.number")) == 4
+    icmp6 = _tshark_fields(tshark, path, "icmpv6", "icmpv6.type", "icmpv6.checksum.status", "icmpv6.mldr.nb_mcast_records")
+    assert icmp6 == [["133", "1", ""], ["135", "1", ""], ["143", "1", "2"], ["143", "1", "5"], ["143", "1", "1"]]
+    assert len(_tshark_fields(tshark, path, "ipv6.hopopts && icmpv6.type == 143", "frame.number")) == 3
 
 
 @pytest.mark.parametrize("payload", ["zeros", "app"])

@@ -12,7 +12,7 @@ from necst.generate.sampler import Sampler, packet_table
 from necst.model.aggregate import AggregateModel
 from necst.process.dataset import load_dataset, process_captures
 
-from test_craft import tshark_verdict
+from test_craft import _tshark_fields, tshark_verdict
 
 DEVICES = ["HueBridge", "EdimaxCam1", "D-LinkCam", "TP-LinkPlugHS100", "WeMoSwitch2", "Withings"]
 
@@ -127,6 +127,10 @@ def test_generated_capture_is_valid_for_tshark(trained, tmp_path, tshark):
                          & (p["direction"] == 0)).sum())
     assert v["retransmission"] <= r.repairs["syn_retransmissions"], v  # the capture may cut a flow short
     assert v["retransmission"] / v["packets"] <= 1.5 * real_syn_retx / len(p) + 1e-3, (v, real_syn_retx)
+    # the link-local traffic of the real captures is crafted too, and dissected as such
+    kinds = {r[0] for r in _tshark_fields(tshark, r.path, "igmp || eapol || llc || arp", "frame.protocols")}
+    for proto in ("igmp", "eapol", "arp"):
+        assert any(proto in k.split(":") for k in kinds), (proto, kinds)
 
 
 def test_cli_generate_needs_a_model(tmp_path):

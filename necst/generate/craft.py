@@ -40,11 +40,16 @@ TCP repair rules (as little change as possible; counted in ``PacketFields.repair
    set is inserted before it, at its timestamp. SYN and SYN+ACK carry no payload.
 2. After the handshake, SYN is cleared and ACK set on every packet but a closing RST sent
    without ACK (a bare RST, as stacks send; its acknowledgement field is then 0).
-3. RST only on the last packet of a flow (cleared elsewhere); a RST carries no payload, FIN
-   or PSH.
+3. RST only in a flow's closing run: its last packet and the RSTs the same side sent right
+   before it (cleared elsewhere; a third of real RSTs are such repeated bare RSTs, which
+   Wireshark flags nothing in); a RST carries no payload, FIN or PSH.
 4. Each direction sends at most one FIN: its last one is kept, earlier ones cleared; packets
    that direction sends after its FIN carry no payload.
-5. A flow with neither FIN nor RST gets FIN on its last packet (it closes with FIN/ACK).
+5. A flow with neither FIN nor RST gets FIN on its last packet (it closes with FIN/ACK), unless
+   the model opened it with its own full handshake (``open_established``, the default): then the
+   model left an established connection open, as 3 % of the real established flows are, cut by
+   the capture's end or an idle timeout (the flow model leaves about 4 % so). Such a stream
+   still opens with SYN / SYN-ACK / ACK; Wireshark flags nothing in a stream that stops.
 6. A window of 0 becomes 1 (a zero window is an event Wireshark flags).
 
 Other repairs (all kinds): 7. a non-empty TCP or UDP payload to a port whose dissector needs a
@@ -59,8 +64,20 @@ payload bytes, plus one for SYN and for FIN; an ACK acknowledges what the other 
 before it, never more, so nothing is ever unseen or missing (a run of pure ACKs acknowledges
 the other side's last segments one at a time, see ``_spread_acks``). Timestamps inside a flow
 never go back (a running maximum); the ICMP echo sequence counts the initiator's requests,
-the reply echoing the last one. ICMP of every type is crafted as echo request (initiator) /
-echo reply (responder): other types need an embedded packet that the tables do not hold.
+the reply echoing the last one. ICMP is crafted as echo request (initiator) / echo reply
+(responder), except ICMPv6 to ff02::2, a solicited-node group or ff02::16: router solicitation,
+neighbour solicitation and MLDv2 report (with its hop-by-hop router alert; one to five records
+as the model's frame length says), sent one way, as all the real captures' ICMPv6 is. Other
+ICMP types need an embedded packet that the tables do not hold.
+
+Link-local kinds (rows of ``flows`` with kind ``igmp``, ``eapol`` or ``llc``; see
+``_link_messages``): IGMP membership reports (v3 to 224.0.0.22 with one to three group
+records, else v2), IPv4 with the router-alert option, TOS 0xC0, TTL 1; EAPOL-Key frames of the
+WPA2 4-way handshake (ethertype 0x888E; message 2 carries an RSN element, message 3 wrapped key
+data, nonces and MICs are seeded random bytes); 802.3 LLC XID frames. IGMP and LLC go one way.
+Their lengths are those of the message; every kind is padded with zeros to Ethernet's 60-byte
+minimum when the model's frame length (``hdr_len + payload_len``) is exactly 60 and the crafted
+frame is shorter (a TCP header of 60 bytes is then padding, not options).
 """
 from __future__ import annotations
 
@@ -74,9 +91,25 @@ from necst.capture.writer import FrameBatch, LINKTYPE_ETHERNET, record_sizes
 from necst.errors import NecstError
 
 FIN, SYN, RST, PSH, ACK = 0x001, 0x002, 0x004, 0x008, 0x010
-KINDS = ("tcp", "udp", "icmp", "arp")
-TCP, UDP, ICMP, ARP = range(4)
+KINDS = ("tcp", "udp", "icmp", "arp", "igmp", "eapol", "llc")
+TCP, UDP, ICMP, ARP, IGMP, EAPOL, LLC = range(7)
 ETH_LEN, IP4_LEN, IP6_LEN, TCP_LEN, UDP_LEN, ICMP_LEN, ARP_LEN = 14, 20, 40, 20, 8, 8, 28
+IGMP_IP_LEN = 24  # IPv4 header with the router-alert option, as IGMP reports carry it
+LINK_ONLY = (ARP, EAPOL, LLC)  # frames without an IP header (the flow's IP addresses are unused)
+MIN_FRAME = 60  # Ethernet's minimum frame (without FCS): shorter frames a NIC receives are padded
+IGMP_V3_ALL_ROUTERS = bytes([224, 0, 0, 22])
+IGMP_GROUPS = np.array([[239, 255, 255, 250], [224, 0, 0, 251], [224, 0, 0, 252]], np.uint8)  # SSDP, mDNS, LLMNR
+# EAPOL-Key (WPA2 4-way handshake): key information field and key data length per message 1..4
+EAPOL_KEY_INFO = np.array([0, 0x008A, 0x010A, 0x13CA, 0x030A], np.int64)  # pairwise, HMAC-SHA1-AES
+EAPOL_KEY_DATA = np.array([0, 0, 22, 56, 0], np.int64)  # msg 2: the STA's RSN element; msg 3: wrapped GTK
+EAPOL_BODY = 95  # key descriptor fields before the key data
+RSN_IE = bytes.fromhex("30140100000fac040100000fac040100000fac020000")  # CCMP / CCMP / PSK
+ICMP6_CONTROL = 7  # packet kind (not a flow kind): ICMPv6 router/neighbour solicitation, MLDv2 report
+RS, NS, MLD = 1, 2, 3  # its variants (MLD + r - 1: a report of r records)
+MLD_GROUPS = np.array([np.frombuffer(ipaddress.IPv6Address(a).packed, np.uint8) for a in
+                       ("ff02::1:3", "ff02::fb", "ff02::c", "ff02::1:ff00:1", "ff02::202")])  # LLMNR, mDNS, SSDP...
+HBH_ROUTER_ALERT = bytes.fromhex("3a00050200000100")  # next: ICMPv6; router alert (MLD); PadN
+LLC_XID = bytes.fromhex("0001af810100")  # 802.2 XID response, null SAPs (what Linux bridges announce)
 MAX_IP_PAYLOAD = 65535
 PAYLOAD_MODES = ("zeros", "app")
 # port -> least non-empty payload that Wireshark's dissector for that port accepts (TCP or UDP;
@@ -206,7 +239,8 @@ def _syn_runs(flow, d, fl, tcp_row, row_first, firsts, counts):
     return run, attempt
 
 
-def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=None, attempts=False):
+def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=None, attempts=False,
+                open_established=False):
     """Apply the TCP repair rules (module docstring) to rows grouped by flow; returns new arrays,
     the last one marking retransmitted SYNs (rule 0; all False unless ``attempts``)."""
     row_first, firsts = _flow_starts(flow)
@@ -270,13 +304,20 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     t = tcp_row
     off = np.repeat(hs_off, np.diff(np.append(firsts, len(flow))))  # insertions come after a SYN run
     zero_pl = t & (pos_in <= 1 + off) & (pl > 0)
-    # rule 2 (a flow's closing RST without ACK stays so: stacks send bare RSTs, 0.8 % of real packets)
-    bare_rst = t & last & (pos_in >= 1) & ((fl & (RST | ACK)) == RST)
+    # the closing run: the last packet and, before it, the RSTs its sender sent right before it
+    flow_idx = np.cumsum(np.r_[True, flow[1:] != flow[:-1]]) - 1 if len(flow) else np.zeros(0, np.int64)
+    last_rows = np.append(firsts[1:] - 1, len(flow) - 1)
+    in_run = ((fl & RST) != 0) & (d == d[last_rows][flow_idx])
+    breaks = np.where(in_run, -1, pos_in)
+    last_break = np.maximum.reduceat(breaks, firsts) if len(flow) else breaks
+    closing = last | (in_run & (pos_in > last_break[flow_idx]))
+    # rule 2 (closing RSTs without ACK stay so: stacks send bare RSTs, 0.8 % of real packets)
+    bare_rst = t & closing & (pos_in >= 1) & ((fl & (RST | ACK)) == RST)
     fl = np.where(t & (pos_in >= 2 + off), fl & ~SYN, fl)
     fl = np.where(t & (pos_in >= 1) & ~retx & ~bare_rst, fl | ACK, fl)
     # rule 3
-    fl = np.where(t & ~last, fl & ~RST, fl)
-    rst = t & last & ((fl & RST) != 0)
+    fl = np.where(t & ~closing, fl & ~RST, fl)
+    rst = t & closing & ((fl & RST) != 0)
     fl = np.where(rst, fl & ~(FIN | PSH), fl)
     zero_pl |= rst & (pl > 0)
     # rule 4
@@ -303,7 +344,11 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     per_flow = np.add.reduceat(closing.astype(np.int64), firsts) > 0
     has_close = per_flow[np.cumsum(np.r_[True, flow[1:] != flow[:-1]]) - 1]
     if close_flows:  # a connection never opened has nothing to close
-        fl = np.where(t & last & ~has_close & ~attempt_row, fl | FIN | ACK, fl)
+        keep_open = np.zeros(len(flow), bool)
+        if open_established:  # the model's own handshake, no close: a connection cut by the capture's end
+            keep_open = t & ~np.isin(flow, i_flow)
+            repairs["left_open"] = int((keep_open & last & ~has_close & ~attempt_row).sum())
+        fl = np.where(t & last & ~has_close & ~attempt_row & ~keep_open, fl | FIN | ACK, fl)
     repairs["flags_changed"] = int(((fl != before) & (src >= 0)).sum())
     repairs["payload_zeroed"] = int((zero_pl & (src >= 0)).sum())
     pl = np.where(zero_pl, 0, pl)
@@ -372,12 +417,67 @@ def _grouped_cummax(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return pd.Series(values).groupby(rank).cummax().to_numpy()
 
 
+def _l3_len(kp: np.ndarray, v6: np.ndarray) -> np.ndarray:
+    """Bytes between the Ethernet header and the transport (or link-layer message) header."""
+    return np.select([kp == ARP, kp == IGMP, (kp == EAPOL) | (kp == LLC)], [ARP_LEN, IGMP_IP_LEN, 0],
+                     np.where(v6, IP6_LEN, IP4_LEN))
+
+
+def _icmp6_variant(is_icmp: np.ndarray, ver: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Per flow: RS to ff02::2, NS to a solicited-node group ff02::1:ffXX:XXXX, MLD to ff02::16, else 0."""
+    ff02 = (dst[:, 0] == 0xFF) & (dst[:, 1] == 0x02) & (dst[:, 2:11] == 0).all(axis=1)
+    v = np.zeros(len(dst), np.int64)
+    v[ff02 & (dst[:, 11:15] == 0).all(axis=1) & (dst[:, 15] == 2)] = RS
+    v[ff02 & (dst[:, 11] == 1) & (dst[:, 12] == 0xFF)] = NS
+    v[ff02 & (dst[:, 11:15] == 0).all(axis=1) & (dst[:, 15] == 0x16)] = MLD
+    return np.where(is_icmp & (ver == 6), v, 0)
+
+
+def _link_messages(kp, flow, d, firsts, row_first, dst_ip, want, seed):
+    """Per packet of the IGMP, EAPOL and LLC flows: message variant, message length, random bits.
+
+    IGMP: a v3 membership report (variant = its 1..3 group records) when sent to 224.0.0.22, else
+    a v2 report (variant 0); the record count follows the model's frame length (62 and 70 bytes
+    are the real 2- and 3-record reports, anything else one record). EAPOL: the WPA2 4-way
+    handshake's message number. In a two-way flow the initiator is the authenticator (messages
+    1, 3, 1, 3...) and the responder the supplicant (2, 4, ...); a one-way flow is a station's
+    side alone (2, 4, ...), as in captures taken on the station. LLC: one XID frame.
+    """
+    n = len(flow)
+    sub = np.zeros(n, np.int64)
+    length = np.zeros(n, np.int64)
+    nonce = np.zeros(n, np.uint64)
+    link = np.isin(kp, (IGMP, EAPOL, LLC))
+    if not link.any():
+        return sub, length, nonce
+    igmp, eapol = kp == IGMP, kp == EAPOL
+    v3 = igmp & (dst_ip[flow][:, :4] == np.frombuffer(IGMP_V3_ALL_ROUTERS, np.uint8)).all(axis=1)
+    records = 1 + ((want >= 62) & (want < 70)) + 2 * ((want >= 70) & (want < 78))
+    sub = np.where(v3, records, sub)
+    length = np.where(igmp, 8 + 8 * sub, length)
+    if eapol.any():
+        flow_idx = np.cumsum(np.r_[True, flow[1:] != flow[:-1]]) - 1
+        two_way = (np.maximum.reduceat(d, firsts) > 0)[flow_idx]
+        rank = np.where(d == 0, _grouped_exclusive_cumsum((d == 0).astype(np.int64), row_first),
+                        _grouped_exclusive_cumsum((d == 1).astype(np.int64), row_first))
+        authenticator = two_way & (d == 0)
+        msg = np.where(authenticator, 1, 2) + 2 * (rank % 2)
+        sub = np.where(eapol, msg, sub)
+        length = np.where(eapol, 4 + EAPOL_BODY + EAPOL_KEY_DATA[np.where(eapol, sub, 0)], length)
+    length = np.where(kp == LLC, len(LLC_XID), length)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x1A7E])  # apart from the TCP/IP draws
+    nonce[link] = rng.integers(0, 1 << 63, size=int(link.sum()), dtype=np.int64).astype(np.uint64)
+    return sub, length, nonce
+
+
 def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
-                 attempts: bool = False) -> PacketFields:
+                 attempts: bool = False, open_established: bool = True) -> PacketFields:
     """Repair and fill every header field of whole flows (see the module docstring).
 
     ``close_flows=False`` skips rule 5: flows the model left open stay open (as real flows cut by
     a capture's end or an idle timeout), at the price of TCP streams without a close.
+    ``open_established=True`` (the default) skips rule 5 only for flows whose handshake is the
+    model's own (nothing inserted by rule 1): the model left an established connection open.
     ``attempts=True`` applies rule 0: failed connection attempts and SYN retransmissions are kept.
     """
     rng = np.random.default_rng(seed)
@@ -402,12 +502,14 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
         kind[kind_names == k] = i
     if (kind < 0).any():
         bad = sorted(set(kind_names[kind < 0]))
-        raise NecstError(f"craft: unknown flow kind {bad[0]!r} (use tcp, udp, icmp or arp)")
+        raise NecstError(f"craft: unknown flow kind {bad[0]!r} (use {', '.join(KINDS)})")
     repairs: dict[str, int] = {}
+    # IGMP reports and LLC announcements go one way: host to group, host to broadcast
+    d = np.where(np.isin(kind[flow], (IGMP, LLC)), 0, d)
     tcp_row = kind[flow] == TCP
     if len(flow):
         flow, d, fl, pl, ts, tcp_row, _, hdr, retx = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs,
-                                                                 close_flows, hdr, attempts)
+                                                                 close_flows, hdr, attempts, open_established)
     else:
         retx = np.zeros(0, bool)
     n = len(flow)
@@ -419,11 +521,23 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
 
     src_ip, ver_s = _parse_ips(np.asarray(_column(flows, "src_ip")))
     dst_ip, ver_d = _parse_ips(np.asarray(_column(flows, "dst_ip")))
-    ipver = np.where(kind == ARP, 4, ver_s)
-    if ((ver_s != ver_d) & (kind != ARP)).any():
+    link_only = np.isin(kind, LINK_ONLY)
+    ipver = np.where(link_only, 4, ver_s)
+    if ((ver_s != ver_d) & ~link_only).any():
         raise NecstError("craft: a flow mixes IPv4 and IPv6 addresses")
     if ((kind == ARP) & (ver_s != 4)).any():
         raise NecstError("craft: ARP needs IPv4 addresses")
+    if ((kind == IGMP) & (ver_s != 4)).any():
+        raise NecstError("craft: IGMP needs IPv4 addresses")
+    # ICMPv6 to the all-routers, a solicited-node or the MLDv2 group: router solicitation,
+    # neighbour solicitation (duplicate address detection), MLDv2 report, sent one way (the real
+    # captures hold no ICMPv6 echo at all); other ICMPv6 stays echo request / reply
+    icmp6 = _icmp6_variant(kind == ICMP, ver_s, dst_ip)
+    if n:
+        ctl = icmp6[flow] > 0
+        d = np.where(ctl, 0, d)
+        kp = np.where(ctl, ICMP6_CONTROL, kp)
+        pl = np.where(ctl, 0, pl)
     src_mac = _parse_macs(np.asarray(_column(flows, "src_mac")))
     dst_mac = _parse_macs(np.asarray(_column(flows, "dst_mac")))
     zeros = np.zeros(n_flows, np.int64)
@@ -443,12 +557,27 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
 
     fwd = d == 0
     v6 = ipver[flow] == 6
-    ip_len = np.where(kp == ARP, ARP_LEN, np.where(v6, IP6_LEN, IP4_LEN))
+    ip_len = _l3_len(kp, v6)
+    # the frame length the model meant (-1: not given; inserted handshake packets have none)
+    want = np.where(hdr > 0, hdr + pl, -1)
     # TCP options: what a given header length (Ethernet + IP + TCP) holds beyond the fixed 20 bytes,
-    # in whole 32-bit words, at most 40 bytes
-    tcp_opt = np.where((kp == TCP) & (hdr > 0), np.clip((hdr - ETH_LEN - ip_len - TCP_LEN) // 4 * 4, 0, 40), 0)
-    l4_len = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], 0) + tcp_opt
-    cap = np.where(kp == ARP, MAX_IP_PAYLOAD, MAX_IP_PAYLOAD - np.where(v6, 0, IP4_LEN) - l4_len)
+    # in whole 32-bit words, at most 40 bytes; except a 60-byte frame whose option-less segment
+    # would be shorter: that is Ethernet padding, not options (2.9 % of real TCP packets)
+    padded_tcp = (kp == TCP) & ~v6 & (want == MIN_FRAME) & (ETH_LEN + IP4_LEN + TCP_LEN + pl < MIN_FRAME)
+    tcp_opt = np.where((kp == TCP) & (hdr > 0) & ~padded_tcp,
+                       np.clip((hdr - ETH_LEN - ip_len - TCP_LEN) // 4 * 4, 0, 40), 0)
+    sub, msg_len, nonce = _link_messages(kp, flow, d, firsts, row_first, dst_ip, want, seed)
+    if n and (kp == ICMP6_CONTROL).any():
+        ctl = kp == ICMP6_CONTROL
+        v = icmp6[flow]
+        records = np.where((want >= 90) & (want <= 170) & ((want - 70) % 20 == 0), (want - 70) // 20, 1)
+        sub = np.where(ctl, np.where(v == MLD, MLD - 1 + records, v), sub)
+        msg_len = np.where(ctl, np.select([v == RS, v == NS], [16, 24], 8 + 8 + 20 * records), msg_len)
+    # their whole message is laid by build_frames; ARP carries nothing after its 28 bytes (the
+    # flow model's noflow packets may carry an ICMP payload's length: it made ARP frames of 97 bytes)
+    pl = np.where(np.isin(kp, (ARP, IGMP, EAPOL, LLC)), 0, pl)
+    l4_len = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], msg_len) + tcp_opt
+    cap = np.where(np.isin(kp, LINK_ONLY), MAX_IP_PAYLOAD, MAX_IP_PAYLOAD - np.where(v6, 0, IP4_LEN) - l4_len)
     # rule 7: a non-empty payload to a port whose dissector needs a minimum message is raised to it
     sp_f, dp_f = sport[flow], dport[flow]
     floor = np.zeros(n, np.int64)
@@ -462,6 +591,9 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
     clipped = pl > cap
     repairs["payload_clipped"] = int(clipped.sum())
     pl = np.minimum(pl, cap)
+    # Ethernet padding where the model's frame is 60 bytes and the crafted one would be shorter
+    natural = ETH_LEN + ip_len + l4_len + pl
+    pad = np.where((want == MIN_FRAME) & (natural < MIN_FRAME), MIN_FRAME - natural, 0)
 
     # per (flow, direction) counters, for ip id, seq/ack and icmp seq
     is0 = fwd.astype(np.int64)
@@ -502,7 +634,9 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
         "mac_src": macs[d, flow], "mac_dst": macs[1 - d, flow],
         "sport": np.where(fwd, sport[flow], dport[flow]).astype(np.uint16),
         "dport": np.where(fwd, dport[flow], sport[flow]).astype(np.uint16),
-        "ttl": np.clip(np.where(fwd, ttl_s[flow], ttl_d[flow]), 1, 255).astype(np.uint8),
+        # IGMP stays on its link (TTL 1, RFC 2236 / 3376)
+        "ttl": np.select([kp == IGMP, (kp == ICMP6_CONTROL) & (sub >= MLD), kp == ICMP6_CONTROL], [1, 1, 255],
+                         np.clip(np.where(fwd, ttl_s[flow], ttl_d[flow]), 1, 255)).astype(np.uint8),
         "window": win.astype(np.uint16),
         "seq": seq.astype(np.uint32), "ack": ack.astype(np.uint32),
         "ip_id": ((id_base[flow, d] + rank) & 0xFFFF).astype(np.uint16),
@@ -510,6 +644,8 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
         "icmp_id": icmp_id[flow].astype(np.uint16), "icmp_seq": icmp_seq.astype(np.uint16),
         "app": app_code[flow] if n else np.zeros(0, np.int16),
         "first_in_dir": first_payload,
+        "sub": sub.astype(np.uint8), "msg_len": msg_len.astype(np.uint16), "pad": pad.astype(np.uint8),
+        "nonce": nonce, "rank": rank.astype(np.int64),
     }
     return PacketFields(cols, apps, repairs)
 
@@ -576,9 +712,10 @@ def build_frames(fields: PacketFields, *, layout: str = "pcap", payload: str = "
     v6 = fields["ip_version"] == 6
     pl = fields["payload_len"]
     opt = fields["tcp_opt"].astype(np.int64)
-    l4 = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], 0) + opt
-    l3 = np.where(kp == ARP, ARP_LEN, np.where(v6, IP6_LEN, IP4_LEN))
-    frame = ETH_LEN + l3 + l4 + pl
+    msg = fields["msg_len"].astype(np.int64)
+    l4 = np.select([kp == TCP, kp == UDP, kp == ICMP], [TCP_LEN, UDP_LEN, ICMP_LEN], msg) + opt
+    l3 = _l3_len(kp, v6)
+    frame = ETH_LEN + l3 + l4 + pl + fields["pad"]  # padding: zeros after the message
     head, total = record_sizes(frame, layout)
     starts = np.concatenate([[0], np.cumsum(total)[:-1]]).astype(np.int64)
     size = int(total.sum())
@@ -609,6 +746,13 @@ def build_frames(fields: PacketFields, *, layout: str = "pcap", payload: str = "
             if len(sel) == 0:
                 continue
             mat = _headers(fields, sel, ver, k, pay_sum[sel])
+            w = mat.shape[1]
+            buf[(off[sel][:, None] + np.arange(w)).ravel()] = mat.ravel()
+    for k in (IGMP, EAPOL, LLC, ICMP6_CONTROL):
+        sel_k = np.flatnonzero(kp == k)
+        for variant in np.unique(fields["sub"][sel_k]):  # one fixed width per message variant
+            sel = sel_k[fields["sub"][sel_k] == variant]
+            mat = _link_frame(fields, sel, k, int(variant))
             w = mat.shape[1]
             buf[(off[sel][:, None] + np.arange(w)).ravel()] = mat.ravel()
 
@@ -690,6 +834,124 @@ def _headers(f: PacketFields, sel: np.ndarray, ver: int, k: int, pay_sum: np.nda
         ip["hlim"] = f["ttl"][sel]
         ip["src"], ip["dst"] = src, dst
     return np.hstack([_bytes(eth), _bytes(ip), _bytes(t)])
+
+
+def _random_bytes(seed: np.ndarray, width: int) -> np.ndarray:
+    """(m, width) bytes from one 64-bit seed per row (splitmix64): nonces and MICs look random."""
+    words = -(-width // 8)
+    x = seed.astype(np.uint64)[:, None] + np.arange(1, words + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return np.ascontiguousarray(x).view(np.uint8).reshape(len(seed), words * 8)[:, :width]
+
+
+_IGMP_IP = np.dtype([("vihl", "u1"), ("tos", "u1"), ("total", ">u2"), ("id", ">u2"), ("frag", ">u2"),
+                     ("ttl", "u1"), ("proto", "u1"), ("csum", ">u2"), ("src", "u1", 4), ("dst", "u1", 4),
+                     ("ra", ">u4")])
+_EAPOL_KEY = np.dtype([("version", "u1"), ("type", "u1"), ("length", ">u2"), ("desc", "u1"), ("info", ">u2"),
+                       ("key_len", ">u2"), ("replay", ">u8"), ("nonce", "u1", 32), ("iv", "u1", 16),
+                       ("rsc", "u1", 8), ("id", "u1", 8), ("mic", "u1", 16), ("data_len", ">u2")])
+
+
+def _link_frame(f: PacketFields, sel: np.ndarray, k: int, variant: int) -> np.ndarray:
+    """The whole (m, width) frame bytes (padding aside) of IGMP, EAPOL or LLC rows ``sel``, one variant."""
+    m = len(sel)
+    eth = np.zeros(m, _ETH)
+    eth["src"], eth["dst"] = f["mac_src"][sel], f["mac_dst"][sel]
+    seed = f["nonce"][sel]
+    if k == ICMP6_CONTROL:
+        return _icmp6_frame(f, sel, eth, variant)
+    if k == LLC:  # 802.3: the type field holds the LLC PDU's length
+        eth["type"] = len(LLC_XID)
+        return np.hstack([_bytes(eth), _even_matrix(LLC_XID, m)[:, :len(LLC_XID)]])
+    if k == IGMP:
+        if variant == 0:  # v2 membership report for the group it is sent to (or SSDP's when sent to all hosts)
+            dst = f["ip_dst"][sel][:, :4]
+            group = np.where((dst[:, :3] == [224, 0, 0]).all(axis=1)[:, None], IGMP_GROUPS[0], dst)
+            msg = np.zeros((m, 8), np.uint8)
+            msg[:, 0] = 0x16
+            msg[:, 4:8] = group
+        else:  # v3 report: CHANGE_TO_EXCLUDE (join) records, one in four CHANGE_TO_INCLUDE (leave)
+            msg = np.zeros((m, 8 + 8 * variant), np.uint8)
+            msg[:, 0] = 0x22
+            msg[:, 7] = variant
+            start = (seed % np.uint64(3)).astype(np.int64)
+            leave = (seed >> np.uint64(8)) % np.uint64(4) == 0
+            for r in range(variant):
+                msg[:, 8 + 8 * r] = np.where(leave, 3, 4)
+                msg[:, 12 + 8 * r:16 + 8 * r] = IGMP_GROUPS[(start + r) % len(IGMP_GROUPS)]
+        csum = _fold(_word_sum(msg))
+        msg[:, 2], msg[:, 3] = csum >> 8, csum & 0xFF
+        eth["type"] = 0x0800
+        ip = np.zeros(m, _IGMP_IP)
+        ip["vihl"], ip["tos"], ip["frag"], ip["ttl"], ip["proto"] = 0x46, 0xC0, 0x4000, f["ttl"][sel], 2
+        ip["total"] = IGMP_IP_LEN + msg.shape[1]
+        ip["id"] = f["ip_id"][sel]
+        ip["src"], ip["dst"] = f["ip_src"][sel][:, :4], f["ip_dst"][sel][:, :4]
+        ip["ra"] = 0x94040000  # router alert
+        ip["csum"] = _fold(_word_sum(_bytes(ip)))
+        return np.hstack([_bytes(eth), _bytes(ip), msg])
+    # EAPOL-Key, message ``variant`` of the 4-way handshake
+    eth["type"] = 0x888E
+    kd = int(EAPOL_KEY_DATA[variant])
+    key = np.zeros(m, _EAPOL_KEY)
+    key["version"] = 2 if variant in (1, 3) else 1  # authenticators speak 802.1X-2004, many stations 2001
+    key["type"], key["desc"], key["info"], key["key_len"] = 3, 2, EAPOL_KEY_INFO[variant], 16
+    key["length"] = EAPOL_BODY + kd
+    key["replay"] = f["rank"][sel] + 1  # messages 1 and 2 carry one value, 3 and 4 the next
+    rnd = _random_bytes(seed, 32 + 16 + kd)
+    if variant != 4:
+        key["nonce"] = rnd[:, :32]  # ANonce (1, 3), SNonce (2); message 4 carries none
+    if variant != 1:
+        key["mic"] = rnd[:, 32:48]  # message 1 has no MIC
+    key["data_len"] = kd
+    parts = [_bytes(eth), _bytes(key)]
+    if variant == 2:
+        parts.append(np.broadcast_to(np.frombuffer(RSN_IE, np.uint8), (m, len(RSN_IE))))
+    elif kd:
+        parts.append(rnd[:, 48:48 + kd])  # wrapped (encrypted) key data
+    return np.hstack(parts)
+
+
+def _icmp6_frame(f: PacketFields, sel: np.ndarray, eth: np.ndarray, variant: int) -> np.ndarray:
+    """Router solicitation (with the source link-layer address), neighbour solicitation (its target
+    ends with the solicited-node group's 24 bits) or MLDv2 report of ``variant - MLD + 1`` records
+    (change to exclude, no sources; after a hop-by-hop header with the router alert)."""
+    m = len(sel)
+    eth["type"] = 0x86DD
+    src, dst = f["ip_src"][sel], f["ip_dst"][sel]
+    if variant == RS:
+        msg = np.zeros((m, 16), np.uint8)
+        msg[:, 0], msg[:, 8], msg[:, 9] = 133, 1, 1
+        msg[:, 10:16] = f["mac_src"][sel]
+    elif variant == NS:
+        msg = np.zeros((m, 24), np.uint8)
+        msg[:, 0] = 135
+        msg[:, 8:10] = [0xFE, 0x80]
+        msg[:, 19:21] = [0xFF, 0xFE]
+        msg[:, 21:24] = dst[:, 13:16]
+    else:
+        r = variant - MLD + 1
+        msg = np.zeros((m, 8 + 20 * r), np.uint8)
+        msg[:, 0], msg[:, 7] = 143, r
+        for i in range(r):
+            msg[:, 8 + 20 * i] = 4  # change to exclude: join
+            msg[:, 12 + 20 * i:28 + 20 * i] = MLD_GROUPS[i % len(MLD_GROUPS)]
+    pseudo = _word_sum(src) + _word_sum(dst) + np.uint64(58) + np.uint64(msg.shape[1])
+    csum = _fold(_word_sum(msg) + pseudo)
+    msg[:, 2], msg[:, 3] = csum >> 8, csum & 0xFF
+    hbh = variant >= MLD
+    ip = np.zeros(m, _IP6)
+    ip["vtf"] = 6 << 28
+    ip["plen"] = msg.shape[1] + (8 if hbh else 0)
+    ip["nh"] = 0 if hbh else 58
+    ip["hlim"] = f["ttl"][sel]
+    ip["src"], ip["dst"] = src, dst
+    parts = [_bytes(eth), _bytes(ip)]
+    if hbh:
+        parts.append(np.broadcast_to(np.frombuffer(HBH_ROUTER_ALERT, np.uint8), (m, 8)))
+    return np.hstack(parts + [msg])
 
 
 # --------------------------------------------------------------------------------------------

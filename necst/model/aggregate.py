@@ -10,7 +10,8 @@ PacketTable):
 - **Start times** (``start_model="sessions"``, the default). The capture is cut into sessions
   at silences over ``session_gap_s`` (the iot_sentinel training part: 41 captures over 147
   days); a plan strings sessions in random order with the learned silences between them,
-  scaled so the capture's mean rate (flows over its whole span) is kept exactly. Replaying the
+  scaled so the capture's mean rate (flows over its whole span) is kept exactly; inside a
+  session, the gaps between flow starts are drawn from that session's own. Replaying the
   calendar instead put the first 4,557 flows over 129 days of a sparse start, half the rate
   (per-second metrics 13-21x the floor). ``start_model="curve"`` (bundles from before) replays
   the calendar: the capture's flow-start rate per bin (bins of at least one second, at most
@@ -30,8 +31,8 @@ PacketTable):
   broadcast and unspecified addresses stay as they are. ``keep_addresses=True`` reuses the real
   addresses and MACs.
 
-Flows whose kind cannot be crafted (``noflow`` other than ICMP and ARP, e.g. IGMP or EAPOL)
-are left out; their share is kept in ``unsupported_share_``.
+Flows whose kind cannot be crafted (``noflow`` other than ICMP, IGMP, ARP, EAPOL and 802.3 LLC
+frames) are left out; their share is kept in ``unsupported_share_``.
 """
 from __future__ import annotations
 
@@ -45,6 +46,50 @@ from necst.errors import DatasetError, NecstError
 
 PREFIX = "aggregate_"
 EPHEMERAL_LO, EPHEMERAL_HI = 32768, 65535
+LINUX_EPHEMERAL_HI = 60999
+# per host: share of flows from low ports, low range, high range (hosts never seen opening a flow)
+DEFAULT_PORT_RANGES = (0.0, 1024, 4999, EPHEMERAL_LO, LINUX_EPHEMERAL_HI)
+MIN_PORT_SPAN = 1024  # a host's ports count up over at least this many before a 4-tuple comes back
+SESSION_GAP_LEVELS = 21  # quantiles of each session's gaps between flow starts
+# Ports >= 1024 that Wireshark 4.0 dissects by number (`tshark -G decodes`, tcp.port and udp.port):
+# an ephemeral port among them makes Wireshark read the flow as that protocol (GSM IPA on 4249,
+# say) and call its zero payloads malformed, so ephemeral ports skip them.
+_DISSECTOR_PORTS = (
+    "1044 1052 1069 1080 1089-1091 1099 1101-1102 1113 1153 1194 1213 1293 1300 1344 1433 1521 1533 "
+    "1547 1628-1629 1645-1646 1700-1701 1718-1719 1723 1745 1755 1812-1813 1861 1863 1883 1900 1935 "
+    "1978-1979 1985 1998 2000-2001 2029 2048 2055 2065 2067 2099 2123 2126 2152 2157 2190 2221-2222 "
+    "2231 2234 2240 2246 2268-2269 2313 2321-2322 2345 2401 2404 2424 2427-2428 2433 2443 2501-2502 "
+    "2571 2575 2600 2710 2727 2812 2855 2869 2887 2944-2945 2948-2949 2960 3000 3002-3003 3006 3014 "
+    "3016-3019 3050 3121 3128 3130 3132 3205 3222 3245-3252 3268 3288 3306 3333-3334 3343 3357 3369 "
+    "3386 3389 3452 3455 3478 3483 3496 3503 3540 3544 3567 3622 3632 3671 3689 3724 3784-3785 3792 "
+    "3799 3804 3819 3860 3863 3868 3918 3956 4000 4002 4011 4058 4155 4189 4222-4224 4249-4250 "
+    "4305-4307 4321 4341-4342 4369 4420 4500 4533-4534 4551 4555-4556 4569 4661-4663 4665 4672 "
+    "4712-4713 4729-4730 4737 4739 4754 4784 4788-4791 4840 4880 4991 5000-5001 5010 5031 5050 "
+    "5060-5061 5066 5072 5084 5094 5190 5222 5246-5247 5253 5264-5265 5350-5351 5353 5355 5404-5405 "
+    "5432 5436 5445 5500-5501 5534 5555 5567 5671-5672 5678 5683-5684 5701 5721 5868 5900-5901 5985 "
+    "5997 6000-6063 6068 6073 6075 6081 6084 6087 6118 6121 6160 6343 6346 6379 6417 6543 6635 6653 "
+    "6666-6668 6696 6784 6881-6889 6970 7000-7010 7021 7074-7075 7171-7172 7236 7255 7275-7276 7784 "
+    "7871 7890 7900 7911 7930 8000 8004 8009-8010 8023 8074 8080 8085 8088 8116 8161 8200 8211 8554 "
+    "8567 8600 8611-8614 8755 8767 8805 8848 8883 9000 9003 9009 9042 9092 9168 9200-9203 9214 9300 "
+    "9418 9600 9875 9877 9899 9901 9955-9956 9996 9999-10000 10253 10288 10500 11207 11210-11211 "
+    "11273 11371 11898 12000-12004 12220 12222-12223 13400 13819 13907 13910 14001 15740 17220 17500 "
+    "17754-17756 18246 19006 19042-19043 19132 19506 19543 19788 19948 19999-20000 20256 20561 21064 "
+    "22222 23272 24576-24577 24800 25826 26000 27017 27036 27500 27910 27950-27953 27960-27963 29418 "
+    "30000-30200 32000 32512 34962 34980 37008 41170 44321-44322 44818 45564 47000 47808 48049 48898 "
+    "49999 54328 56000-56001 56500-56501 57000-57001 57032-57033 57500-57501 57532-57533 59000-59001 "
+    "59032-59033 59500-59501 59532-59533 60001 "
+)
+
+
+def _dissector_ports() -> np.ndarray:
+    out = []
+    for part in "".join(_DISSECTOR_PORTS).split():
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b or a) + 1))
+    return np.array(out, np.int64)
+
+
+DISSECTOR_PORTS = _dissector_ports()
 
 
 def _craft_kind(kind: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> np.ndarray:
@@ -53,7 +98,10 @@ def _craft_kind(kind: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> n
     out[kind == "udp"] = "udp"
     nf = kind == "noflow"
     out[nf & ((proto == 1) | (proto == 58))] = "icmp"
+    out[nf & (proto == 2) & (ethertype == 0x0800)] = "igmp"
     out[nf & (ethertype == 0x0806)] = "arp"
+    out[nf & (ethertype == 0x888E)] = "eapol"
+    out[nf & (ethertype > 0) & (ethertype < 0x0600)] = "llc"  # 802.3 frames: the field is a length
     return out
 
 
@@ -149,7 +197,7 @@ class AggregateModel:
         self.unsupported_share_ = float(1 - ok.mean())
         flows = flows[ok].reset_index(drop=True)
         if len(flows) == 0:
-            raise DatasetError("no flow of a kind necst can craft (tcp, udp, icmp, arp)")
+            raise DatasetError("no flow of a kind necst can craft (tcp, udp, icmp, igmp, arp, eapol, llc)")
         flows["craft_kind"] = ck[ok]
         flows["app"] = flows["app"].astype(str).fillna("unknown")
         flows["kind"] = flows["kind"].astype(str)
@@ -224,14 +272,23 @@ class AggregateModel:
         inside = np.delete(gaps, cut)
         self.session_gap_quantiles_ = (np.quantile(inside, np.linspace(0, 1, 101)) if len(inside)
                                        else np.zeros(101))
+        # each session's own gaps (quantiles): a short capture's flows come seconds apart, a long
+        # one's minutes; one pooled law stretched to each duration squeezed short sessions'
+        # flows into the same second (flows per busy second 4.0, real 2.3)
+        q = np.zeros((len(self.session_flows_), SESSION_GAP_LEVELS))
+        levels = np.linspace(0, 1, SESSION_GAP_LEVELS)
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if b - a >= 2:
+                q[i] = np.quantile(gaps[a:b - 1], levels)
+        self.session_gap_q_ = q
         span = max((start[-1] - start[0]) / 1e9, 1.0)
         self.mean_rate_ = float(len(start) / span)
 
     def _session_starts(self, n_flows, duration_s, rng, rate_scale) -> np.ndarray:
         """Start offsets (ns) for ``start_model="sessions"``: the learned sessions in a seeded random
         order (each permutation used whole before the next), separated by the learned silences in
-        random order; inside a session, gaps drawn from the real ones, stretched to its duration.
-        The silences are then scaled so that the flows asked for span the time the capture's mean
+        random order; inside a session, gaps drawn from that session's own (its quantiles; bundles
+        from before: the pooled gaps, stretched to its duration). The silences are then scaled so that the flows asked for span the time the capture's mean
         rate gives them (``n / (rate x rate_scale)``): the rate over the whole capture, quiet days
         included, is kept exactly, not left to which sessions were drawn. A duration lays
         sessions and silences as learned until it is covered (the mean rate in expectation; a
@@ -263,15 +320,27 @@ class AggregateModel:
         sil = np.asarray(sil, np.float64)
         ks = np.array([k for _, k in sess], np.int64)
         durs = self.session_dur_s_[[s for s, _ in sess]]
-        # inside each session: gaps from the real ones, scaled to the session's duration
-        gaps = np.interp(rng.random(int(ks.sum())), np.linspace(0, 1, 101), self.session_gap_quantiles_)
         first = np.cumsum(ks) - ks
-        gaps[first] = 0.0
-        c = np.cumsum(gaps)
-        within = c - np.repeat(c[first], ks)
-        last = within[np.cumsum(ks) - 1]
-        stretch = np.where(last > 0, durs / np.maximum(last, 1e-12), 0.0)
-        within = within * np.repeat(stretch, ks)
+        if hasattr(self, "session_gap_q_"):
+            # inside each session: gaps drawn from that session's own (more flows asked for by
+            # rate_scale come closer together); its duration is what they add up to
+            sid = np.repeat(np.array([s for s, _ in sess], np.int64), ks)
+            q = self.session_gap_q_
+            u = rng.random(int(ks.sum())) * (q.shape[1] - 1)
+            i = np.minimum(u.astype(np.int64), q.shape[1] - 2)
+            gaps = (q[sid, i] + (u - i) * (q[sid, i + 1] - q[sid, i])) / rate_scale
+            gaps[first] = 0.0
+            c = np.cumsum(gaps)
+            within = c - np.repeat(c[first], ks)
+            durs = within[np.cumsum(ks) - 1]
+        else:  # bundles from before: pooled gaps, scaled to the session's duration
+            gaps = np.interp(rng.random(int(ks.sum())), np.linspace(0, 1, 101), self.session_gap_quantiles_)
+            gaps[first] = 0.0
+            c = np.cumsum(gaps)
+            within = c - np.repeat(c[first], ks)
+            last = within[np.cumsum(ks) - 1]
+            stretch = np.where(last > 0, durs / np.maximum(last, 1e-12), 0.0)
+            within = within * np.repeat(stretch, ks)
         # session starts: durations and silences laid end to end; silences scaled to the mean rate
         idx = min(want, int(ks.sum())) - 1
         s_last = int(np.searchsorted(np.cumsum(ks), idx, side="right"))  # session of the want-th flow
@@ -340,6 +409,20 @@ class AggregateModel:
         # client reusing one would reuse its 4-tuple, so TCP source ports are always ephemeral
         is_udp = (flows["craft_kind"] == "udp").to_numpy()
         fixed = np.where(is_udp & ((sport < 1024) | (sport == dport)), sport, -1)
+        # each host's ephemeral source ports: stacks differ (Linux 32768-60999, lwIP and older
+        # embedded stacks 1024-5000, some hosts both); per host, the share of its flows from
+        # below 32768 and the 2-98 % range of its ports on either side of it
+        eph = (flows["craft_kind"].isin(["tcp", "udp"]).to_numpy()) & (fixed < 0) & (sport >= 1024)
+        r = np.tile(np.array(DEFAULT_PORT_RANGES, np.float64), (len(hosts), 1))
+        if eph.any():
+            e = pd.DataFrame({"h": s_id[eph], "p": sport[eph].astype(float)})
+            e["low"] = e["p"] < EPHEMERAL_LO
+            r[e.groupby("h")["low"].mean().index.to_numpy(), 0] = e.groupby("h")["low"].mean().to_numpy()
+            for side, cols in ((True, [1, 2]), (False, [3, 4])):
+                g = e[e["low"] == side].groupby("h")["p"]
+                lo, hi = g.quantile(0.02), g.quantile(0.98)
+                r[lo.index.to_numpy()[:, None], cols] = np.rint(np.column_stack([lo.to_numpy(), hi.to_numpy()]))
+        self.host_port_ranges_ = r
         t = pd.DataFrame({"g": gidx, "s": s_id, "d": d_id, "dp": dport, "sp": fixed})
         trip = t.groupby(["g", "s", "d", "dp", "sp"]).size().reset_index(name="c")
         self.pairs_ = {k: trip[c].to_numpy(np.int64) for k, c in
@@ -469,12 +552,50 @@ class AggregateModel:
         size = int(tuple_of.max()) + 1 if len(tuple_of) else 0
         counts = port_state.setdefault("counts", np.zeros(size, np.int64)) if port_state is not None \
             else np.zeros(size, np.int64)
-        rank = pd.Series(np.ones(n, np.int64)).groupby(key).cumsum().to_numpy() - 1 + counts[key]
-        np.add.at(counts, key, 1)
-        eph = EPHEMERAL_LO + (hash_host(key) + rank) % (EPHEMERAL_HI - EPHEMERAL_LO)
+        if hasattr(self, "host_port_ranges_"):
+            eph = self._ephemeral_ports(s, key, size, rng, port_state)
+        else:  # bundles from before per-host port ranges
+            rank = pd.Series(np.ones(n, np.int64)).groupby(key).cumsum().to_numpy() - 1 + counts[key]
+            np.add.at(counts, key, 1)
+            eph = EPHEMERAL_LO + (hash_host(key) + rank) % (EPHEMERAL_HI - EPHEMERAL_LO)
         plan["src_port"] = np.where(fixed >= 0, fixed, eph)
         plan["ttl_src"], plan["ttl_dst"] = self.host_ttl_[s], self.host_ttl_[d]
         plan["win_src"], plan["win_dst"] = self.host_window_[s], self.host_window_[d]
+
+    def _ephemeral_ports(self, src, key, n_tuples, rng, port_state) -> np.ndarray:
+        """Source ports from the host's own ranges: each flow takes the host's low range with the
+        host's share of low ports, else its high range (each widened to ``MIN_PORT_SPAN``). The
+        flows of one (tuple, range) walk a permutation of the range (a stride coprime with its
+        width, from a start spread by the tuple id), so no 4-tuple comes back before the range is
+        used up, and many flows cover the range evenly, as stacks restarted capture after capture do."""
+        r = self.host_port_ranges_[src]
+        low = rng.random(len(src)) < r[:, 0]
+        k2 = key * 2 + low
+        counts = port_state.setdefault("range_counts", np.zeros(2 * n_tuples, np.int64)) if port_state is not None \
+            else np.zeros(2 * n_tuples, np.int64)
+        rank = pd.Series(np.ones(len(src), np.int64)).groupby(k2).cumsum().to_numpy() - 1 + counts[k2]
+        np.add.at(counts, k2, 1)
+        lo = np.where(low, r[:, 1], r[:, 3]).astype(np.int64)
+        hi = np.where(low, r[:, 2], r[:, 4]).astype(np.int64)
+        span = np.maximum(hi - lo + 1, MIN_PORT_SPAN)
+        lo = np.clip(np.minimum(lo, 65536 - span), 1024, None)
+        # the range's ports less those Wireshark dissects by number: walk the k-th of those left
+        d_lo = np.searchsorted(DISSECTOR_PORTS, lo)
+        free = span - (np.searchsorted(DISSECTOR_PORTS, lo + span) - d_lo)
+        stride = np.rint(free * 0.6180339887).astype(np.int64) | 1
+        for _ in range(64):  # the next odd numbers until coprime with the width (a few steps at most)
+            bad = np.gcd(stride, free) != 1
+            if not bad.any():
+                break
+            stride = np.where(bad, stride + 2, stride)
+        k = (hash_host(k2) + rank * stride) % free
+        port = lo + k
+        for _ in range(256):  # the k-th free port: step over the dissector ports below it
+            nxt = lo + k + (np.searchsorted(DISSECTOR_PORTS, port, side="right") - d_lo)
+            if np.array_equal(nxt, port):
+                break
+            port = nxt
+        return port
 
     def _real_addresses(self) -> list[str]:
         """The real addresses; MAC-only hosts (ARP) numbered from 169.254.1.0."""
@@ -504,7 +625,11 @@ class AggregateModel:
                   "gap_quantiles": self.gap_quantiles_, "host_src_count": self.host_src_count_,
                   "host_dst_count": self.host_dst_count_, "host_ttl": self.host_ttl_,
                   "host_window": self.host_window_, "host_version": self.host_version_}
+        if hasattr(self, "host_port_ranges_"):
+            arrays["host_port_ranges"] = self.host_port_ranges_
         if hasattr(self, "session_flows_"):
+            if hasattr(self, "session_gap_q_"):
+                arrays["session_gap_q"] = self.session_gap_q_
             arrays.update(session_flows=self.session_flows_, session_dur_s=self.session_dur_s_,
                           silence_s=self.silence_s_, session_gap_quantiles=self.session_gap_quantiles_,
                           mean_rate=np.array([self.mean_rate_]))
@@ -530,6 +655,8 @@ class AggregateModel:
             m.session_flows_, m.session_dur_s_ = a["session_flows"], a["session_dur_s"]
             m.silence_s_, m.session_gap_quantiles_ = a["silence_s"], a["session_gap_quantiles"]
             m.mean_rate_ = float(a["mean_rate"][0])
+            if "session_gap_q" in a:
+                m.session_gap_q_ = a["session_gap_q"]
         m.groups_ = [list(g) for g in meta["groups"]]
         m.bin_s_, m.start_ns_ = float(meta["bin_s"]), int(meta["start_ns"])
         m.unsupported_share_ = float(meta["unsupported_share"])
@@ -539,6 +666,8 @@ class AggregateModel:
         m.bin_offset_s_ = a["bin_offset_s"]
         m.host_src_count_, m.host_dst_count_ = a["host_src_count"], a["host_dst_count"]
         m.host_ttl_, m.host_window_, m.host_version_ = a["host_ttl"], a["host_window"], a["host_version"]
+        if "host_port_ranges" in a:
+            m.host_port_ranges_ = a["host_port_ranges"]
         m.pairs_ = {k[6:]: v for k, v in a.items() if k.startswith("pairs_")}
         m.gmm_ = [{k: a[f"gmm{i}_{k}"] for k in ("weights", "means", "covariances", "lo", "hi")}
                   for i in range(len(m.groups_))]
