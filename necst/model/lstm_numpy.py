@@ -317,7 +317,9 @@ except ImportError:  # pragma: no cover - private in scipy; the public product d
 
 MAX_JOINT_ROWS = 4096  # inputs are joined into one table while their combinations stay this few
 BLOCK = 512  # rows per block of a step: a block's work arrays stay in the CPU's cache
-LOOP_CUMSUM_ROWS = 192  # from this many rows, cumulative sums over classes run as one add per class
+LOOP_CUMSUM_ROWS = 128  # from this many rows, cumulative sums over classes run as whole-row adds
+PREFIX_BLOCK = 8  # classes per block of the two-level cumulative sum (class counts are padded to a multiple)
+NEG = np.float32(-1e30)  # the logit of a padding class: probability 0
 
 
 def _groups(parts: list[str], sizes: dict[str, int]) -> list[list[str]]:
@@ -438,8 +440,12 @@ class Walker:
             if head in ("dir", "last"):  # one number: the logit of the first class, halved for tanh
                 v = Wa[:, 1] - Wa[:, 0] if Wa.shape[1] == 2 else Wa[:, 0]
                 self.out[head] = np.ascontiguousarray(v * 0.5)
-            else:
-                self.out[head] = np.ascontiguousarray(Wa.T)  # classes x hidden: logits come out transposed
+            else:  # classes x hidden: logits come out transposed; padding classes never drawn
+                pad = -Wa.shape[1] % PREFIX_BLOCK
+                WT = np.zeros((Wa.shape[1] + pad, hw), np.float32)
+                WT[:Wa.shape[1]] = Wa.T
+                WT[Wa.shape[1]:, hid] = NEG
+                self.out[head] = WT
         # halve the sigmoid gates (one tanh for all gates); the LSTM output is kept doubled
         scale = np.ones(4 * U + H)
         scale[:3 * U] = 0.5
@@ -505,7 +511,7 @@ class Walker:
         B = min(block, n)
         hbuf = np.empty((B, U), np.float32)
         Z = np.empty((B, H), np.float32)
-        n_max = max(self.n_classes[h] for h in self.heads)
+        n_max = max(len(self.out[h]) if self.out[h].ndim == 2 else 1 for h in self.heads)
         L = np.empty(n_max * B, np.float32)
         less = np.empty(n_max * B, bool)
         hid_tmp = np.empty(B * self.hid, np.float32)
@@ -541,8 +547,10 @@ class Walker:
             u = rng.random((m, 5), dtype=np.float32)[urank]
             new = {name: np.empty(m, np.int32) for name in TOKENS}
             last = np.zeros(m, bool) if self.want_last else None
-            for b0 in range(0, m, B):
-                b1 = min(b0 + B, m)
+            nb = -(-m // B)
+            step = -(-m // nb)  # blocks of equal size, none left small
+            for b0 in range(0, m, step):
+                b1 = min(b0 + step, m)
                 self._block(b0, b1, idx, R, C, hbuf, Z, L, less, hid_tmp, u, sum_g, sum_h, new, last)
             at = slot_start[:m] + t
             for i, name in enumerate(TOKENS):
@@ -616,27 +624,43 @@ class Walker:
                     break
                 drawn[head] = k.astype(np.int32)
             else:
-                drawn[head] = self._draw(self.out[head], z, ub[:, j], L, less)
+                drawn[head] = self._draw(self.out[head], self.n_classes[head], z, ub[:, j], L, less)
             new[head][b0:b1] = drawn[head]
 
     @staticmethod
-    def _draw(WT: np.ndarray, z: np.ndarray, u: np.ndarray, L: np.ndarray, less: np.ndarray) -> np.ndarray:
-        """One class per row of ``z``: softmax(WT @ z.T) inverted at ``u``."""
-        n_cls, m = WT.shape[0], len(z)
+    def _draw(WT: np.ndarray, n_cls: int, z: np.ndarray, u: np.ndarray, L: np.ndarray, less: np.ndarray) -> np.ndarray:
+        """One class per row of ``z``: softmax(WT @ z.T) inverted at ``u`` (``WT`` padded to whole blocks)."""
+        m = len(z)
         if n_cls == 1:
             return np.zeros(m, np.int32)
-        lt = L[:n_cls * m].reshape(n_cls, m)
+        rows = len(WT)
+        lt = L[:rows * m].reshape(rows, m)
         np.matmul(WT, z.T, out=lt)
         lt -= lt.max(axis=0)
         np.exp(lt, out=lt)
-        if m >= LOOP_CUMSUM_ROWS:  # numpy's cumsum over the first axis does not vectorize over the second
-            for i in range(1, n_cls):
-                np.add(lt[i], lt[i - 1], out=lt[i])
-        else:
-            np.cumsum(lt, axis=0, out=lt)
+        _prefix_sums(lt)
         thr = u * lt[-1]
-        b = less[:n_cls * m].reshape(n_cls, m)
+        b = less[:rows * m].reshape(rows, m)
         np.less(lt, thr, out=b)
-        k = np.add.reduce(b.view(np.uint8), axis=0, dtype=np.uint8 if n_cls < 256 else np.int32).astype(np.int32)
+        k = np.add.reduce(b.view(np.uint8), axis=0, dtype=np.uint8 if rows < 256 else np.int32).astype(np.int32)
         np.minimum(k, n_cls - 1, out=k)
         return k
+
+
+def _prefix_sums(lt: np.ndarray) -> None:
+    """Cumulative sums down the columns, in place. numpy's cumsum over the first axis does not
+    vectorize over the second; for many columns, whole-row adds in two levels (within blocks of
+    ``PREFIX_BLOCK`` rows, then the blocks' totals) take few calls."""
+    rows, m = lt.shape
+    if m < LOOP_CUMSUM_ROWS or rows % PREFIX_BLOCK:
+        np.cumsum(lt, axis=0, out=lt)
+        return
+    b = PREFIX_BLOCK
+    x = lt.reshape(rows // b, b, m)
+    for i in range(1, b):
+        np.add(x[:, i], x[:, i - 1], out=x[:, i])
+    ends = x[:, b - 1]
+    for i in range(1, rows // b):
+        np.add(ends[i], ends[i - 1], out=ends[i])
+    if rows > b:
+        x[1:, :b - 1] += ends[:-1, None, :]
