@@ -11,6 +11,7 @@ and written. Memory is bounded by a chunk plus the flows still open, whatever th
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -34,7 +35,8 @@ class GenerateResult:
     bytes: int
     seconds: float
     repairs: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)  # seconds per stage
+    timings: dict = field(default_factory=dict)  # seconds per stage (wall clock)
+    cpu_timings: dict = field(default_factory=dict)  # CPU seconds of this process per stage
 
     @property
     def packets_per_second(self) -> float:
@@ -113,6 +115,7 @@ class Sampler:
         self.repairs: dict[str, int] = {}
         self.flows = 0
         self.timings = {"aggregate": 0.0, "flow_model": 0.0, "plan": 0.0, "frames": 0.0, "write": 0.0}
+        self.cpu_timings = dict.fromkeys(self.timings, 0.0)
         self._arena = Arena()
 
     def _plans(self, n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps) -> Iterator[pd.DataFrame]:
@@ -150,9 +153,8 @@ class Sampler:
         end_ns = None
         plans = self._plans(n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps)
         for r in range(1 << 30):
-            t = time.perf_counter()
-            plan = next(plans, None)
-            self.timings["aggregate"] += time.perf_counter() - t
+            with self._stage("aggregate"):
+                plan = next(plans, None)
             if plan is None:
                 return
             if duration_s is not None and len(plan):
@@ -184,11 +186,10 @@ class Sampler:
                 if n_packets is not None:
                     out = out.slice(0, min(len(out), n_packets - written))
                 for i in range(0, len(out), MAX_BATCH_PACKETS):
-                    t = time.perf_counter()
-                    part = out.slice(i, min(i + MAX_BATCH_PACKETS, len(out)))
-                    written += len(part)
-                    frames = build_frames(part, layout=self.layout, payload=self.payload, arena=self._arena)
-                    self.timings["frames"] += time.perf_counter() - t
+                    with self._stage("frames"):
+                        part = out.slice(i, min(i + MAX_BATCH_PACKETS, len(out)))
+                        written += len(part)
+                        frames = build_frames(part, layout=self.layout, payload=self.payload, arena=self._arena)
                     yield frames
                 if n_packets is not None and written >= n_packets:
                     return
@@ -204,12 +205,14 @@ class Sampler:
                                  "craft_kind": sub["craft_kind"].to_numpy(), "packets": sub["packets"].to_numpy(),
                                  "max_packets": np.minimum(sub["packets"].to_numpy() * 4 + 8,
                                                            self.max_packets_per_flow)})
-        t = time.perf_counter()
-        fp = self.flow_model.sample(requests, self.packet_model, seed=seed)
-        t1 = time.perf_counter()
-        self.timings["flow_model"] += t1 - t
+        with self._stage("flow_model"):
+            fp = self.flow_model.sample(requests, self.packet_model, seed=seed)
         if len(fp) == 0:
             return None
+        with self._stage("plan"):
+            return self._plan_fields(sub, fp, seed, end_ns)
+
+    def _plan_fields(self, sub: pd.DataFrame, fp: pd.DataFrame, seed: int, end_ns: int | None) -> PacketFields:
         pk = packet_table(sub, fp)
         if end_ns is not None:
             pk = pk[pk["ts_ns"].to_numpy() < end_ns]
@@ -219,8 +222,17 @@ class Sampler:
             fields = fields.take(np.flatnonzero(fields["ts_ns"] < end_ns))
         for k, v in fields.repairs.items():
             self.repairs[k] = self.repairs.get(k, 0) + v
-        self.timings["plan"] += time.perf_counter() - t1
         return fields
+
+    @contextmanager
+    def _stage(self, name: str):
+        """Adds the wall and CPU seconds of the block to the stage's timings."""
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.timings[name] += time.perf_counter() - t
+            self.cpu_timings[name] += time.process_time() - c
 
     def generate(self, out: str | Path, *, format: str = "pcap", force: bool = False,
                  progress: Callable[[int], None] | None = None, **kwargs) -> GenerateResult:
@@ -229,13 +241,12 @@ class Sampler:
         t = time.perf_counter()
         with CaptureWriter(out, format, force=force) as w:
             for batch in self.batches(**kwargs):
-                t0 = time.perf_counter()
-                w.write(batch)
-                self.timings["write"] += time.perf_counter() - t0
+                with self._stage("write"):
+                    w.write(batch)
                 if progress is not None:
                     progress(len(batch))
         return GenerateResult(Path(out), w.packets, self.flows, w.bytes, time.perf_counter() - t, dict(self.repairs),
-                              dict(self.timings))
+                              dict(self.timings), dict(self.cpu_timings))
 
 
 def generate(out: str | Path, models=None, *, model_dir: str | Path | None = None, payload: str = "zeros",
@@ -249,5 +260,5 @@ def generate(out: str | Path, models=None, *, model_dir: str | Path | None = Non
     sampler = Sampler(models.aggregate, models.flow, getattr(models, "packet", None), payload=payload, layout=format,
                       keep_addresses=keep_addresses, close_flows=close_flows)
     result = sampler.generate(out, format=format, force=force, progress=progress, **kwargs)
-    result.timings = dict(sampler.timings)
+    result.timings, result.cpu_timings = dict(sampler.timings), dict(sampler.cpu_timings)
     return result
