@@ -108,6 +108,17 @@ def test_walker_draws_what_the_reference_step_draws(arch_name, want_last):
     assert all(a.shape == b.shape and (a == b).all() for a, b in zip(one, got))
 
 
+def test_threads_split_the_flows_without_changing_the_tokens():
+    net, bos, n_app = random_net(ARCH_V2, seed=3)
+    app, size, target, cap, window, pos_lut, rem_lut = walk_inputs(500, n_app, seed=4)
+    w = Walker(net, False)
+    runs = [w.walk(app, size, target, cap, window, np.random.default_rng(9), pos_lut, rem_lut, bos, 32, threads)
+            for threads in (1, 2, 3)]
+    for length, tok in runs[1:]:
+        np.testing.assert_array_equal(length, runs[0][0])
+        np.testing.assert_array_equal(tok, runs[0][1])
+
+
 def test_walker_matches_the_reference_on_the_default_model():
     fm = FlowModel.load(DEFAULT_MODEL)
     req = fm.sample_requests(3000, seed=3)

@@ -476,7 +476,7 @@ class FlowModel:
         if "kind" not in requests.columns:
             raise NecstError("flow requests lack the column 'kind'")
         req = pd.DataFrame({"kind": requests["kind"].astype(str).to_numpy()})
-        bad = sorted(set(req["kind"]) - set(KINDS))
+        bad = sorted(set(pd.unique(req["kind"])) - set(KINDS))
         if bad:
             raise NecstError(f"unknown flow kind(s) {bad}; expected one of {list(KINDS)}")
         req["app"] = requests["app"].astype(str).to_numpy() if "app" in requests.columns else OTHER_APP

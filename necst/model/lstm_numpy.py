@@ -20,6 +20,8 @@ flag, code, gap; their embeddings are ``e_<token>``, a condition's is ``e_<name>
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 TOKENS = ("dir", "flag", "code", "gap")
@@ -315,11 +317,21 @@ try:  # scipy's sparse-times-dense kernel sums a few table rows per row in one p
 except ImportError:  # pragma: no cover - private in scipy; the public product does the same, slower per call
     _csr_matvecs = None
 
+MAX_THREADS = 1  # threads that walk a kind's flows (more: see sampling_threads)
 MAX_JOINT_ROWS = 4096  # inputs are joined into one table while their combinations stay this few
-BLOCK = 512  # rows per block of a step: a block's work arrays stay in the CPU's cache
+BLOCK = 2048  # rows per block of a step: a block's work arrays stay in the CPU's (L2 + L3) cache
 LOOP_CUMSUM_ROWS = 128  # from this many rows, cumulative sums over classes run as whole-row adds
 PREFIX_BLOCK = 8  # classes per block of the two-level cumulative sum (class counts are padded to a multiple)
 NEG = np.float32(-1e30)  # the logit of a padding class: probability 0
+
+
+def sampling_threads() -> int:
+    """Threads for sampling: the CPUs this process may use, at most ``MAX_THREADS``."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cpus))
 
 
 def _groups(parts: list[str], sizes: dict[str, int]) -> list[list[str]]:
@@ -474,7 +486,8 @@ class Walker:
         self.n_classes = {h: net.n_classes[h] for h in self.heads}
 
     def walk(self, app: np.ndarray, size: np.ndarray, target: np.ndarray, cap: np.ndarray, window: int, rng,
-             pos_lut: np.ndarray, rem_lut: np.ndarray, bos: dict[str, int], block: int = BLOCK):
+             pos_lut: np.ndarray, rem_lut: np.ndarray, bos: dict[str, int], block: int = BLOCK,
+             threads: int | None = None):
         """Tokens of every packet of every flow, flow by flow: (lengths, tokens 4 x packets [dir, flag, code, gap]).
 
         ``target`` conditions the packets-remaining input, ``cap`` is a flow's most packets
@@ -482,12 +495,12 @@ class Walker:
         ``rem_lut[k]`` are the position bucket of step t and the bucket of k packets remaining;
         ``bos`` the tokens before a flow's first packet. The LSTM state resets every ``window``
         steps. Uniform numbers: ``rng.random((m, 5), float32)`` per step over the m active
-        flows in request order, as ``StepNet.step`` consumed them.
+        flows in request order, as ``StepNet.step`` consumed them. ``threads`` (default
+        ``sampling_threads()``): flows are split between threads, each walking its share; the
+        tokens do not depend on it.
         """
-        U, H, hw = self.U, self.H, self.hid + 1
         n = len(cap)
         cap = np.asarray(cap, np.int64)
-        order = np.argsort(-cap, kind="stable")  # longest first: the active flows are a prefix
         start = np.zeros(n + 1, np.int64)
         np.cumsum(cap, out=start[1:])
         total = int(start[-1])
@@ -495,13 +508,45 @@ class Walker:
         length = cap.copy()
         if n == 0 or total == 0:
             return length, toks
-        # per active slot (sorted order): the flow, its output start, target, and first-group row
-        slot_flow = order.astype(np.int64)
-        slot_start = start[:-1][order]
-        slot_tgt = np.asarray(target, np.int64)[order]
-        slot_cap = cap[order]
-        vals = {"app": np.asarray(app, np.int32)[order], "size": np.asarray(size, np.int32)[order], "_bias": 0}
-        slot_g0 = _joint_index(self.groups[0], self.sizes, vals, np.empty(n, np.int32)) + self.offsets[0]
+        order = np.argsort(-cap, kind="stable")  # longest first: the active flows are a prefix
+        vals = {"app": np.asarray(app, np.int32), "size": np.asarray(size, np.int32), "_bias": 0}
+        g0 = _joint_index(self.groups[0], self.sizes, vals, np.empty(n, np.int32)) + self.offsets[0]
+        flows = {"flow": order.astype(np.int64), "start": start[:-1][order], "tgt": np.asarray(target, np.int64)[order],
+                 "cap": cap[order], "g0": g0[order]}
+        threads = sampling_threads() if threads is None else max(int(threads), 1)
+        if self.want_last or threads == 1 or n < 2 * block:
+            self._walk_part(flows, toks, length, window, rng, None, cap, pos_lut, rem_lut, bos, block)
+        else:
+            # the flows active at step t are known in advance: draw every step's uniforms now, in
+            # the order the steps draw them, and let each thread take its flows' rows
+            steps = np.arange(int(cap.max()))
+            m_t = n - np.searchsorted(np.sort(cap), steps, side="right")
+            u_all = rng.random((int(m_t.sum()), 5), dtype=np.float32)
+            u_at = np.concatenate([[0], np.cumsum(m_t)[:-1]])
+            from concurrent.futures import ThreadPoolExecutor
+
+            # every ``threads``-th flow by length: each thread gets its share of every step
+            parts = [{k: a[i::threads].copy() for k, a in flows.items()} for i in range(threads)]
+            with ThreadPoolExecutor(threads) as pool:
+                done = [pool.submit(self._walk_part, part, toks, length, window, None, (u_all, u_at, m_t), cap,
+                                    pos_lut, rem_lut, bos, block) for part in parts]
+                for d in done:
+                    d.result()
+        if self.want_last and (length < cap).any():
+            keep = np.repeat(length, cap) > (np.arange(total) - np.repeat(start[:-1], cap))
+            toks = toks[:, keep]
+        return length, toks
+
+    def _walk_part(self, slot: dict, toks, length, window, rng, pre_u, cap_all, pos_lut, rem_lut, bos, block):
+        """Walk the flows in ``slot`` (sorted longest first), writing their tokens into ``toks``.
+
+        Uniforms: drawn from ``rng`` per step (all flows in this part), or taken from
+        ``pre_u`` = (all steps' uniforms, first row of each step, active flows per step) by
+        each flow's rank among all active flows (``cap_all``: every flow's length, in request order).
+        """
+        U = self.U
+        n = len(slot["flow"])
+        slot_flow, slot_start, slot_tgt, slot_cap, slot_g0 = (slot[k] for k in ("flow", "start", "tgt", "cap", "g0"))
         prev = {f"prev_{t}": np.full(n, bos[t], np.int32) for t in TOKENS}
         k = len(self.groups)
         idx = np.empty((n, k), np.int32)
@@ -510,14 +555,14 @@ class Walker:
         C = np.empty((n, U), np.float32)  # per slot: the cell state
         B = min(block, n)
         hbuf = np.empty((B, U), np.float32)
-        Z = np.empty((B, H), np.float32)
+        Z = np.empty((B, self.H), np.float32)
         n_max = max(len(self.out[h]) if self.out[h].ndim == 2 else 1 for h in self.heads)
         L = np.empty(n_max * B, np.float32)
         less = np.empty(n_max * B, bool)
         hid_tmp = np.empty(B * self.hid, np.float32)
         sum_g, sum_h = _RowSums(self.D_gates, k, B), _RowSums(self.D_heads, k, B)
         m = n
-        urank = None
+        urank, m_all = None, -1
         for t in range(int(slot_cap[0])):
             if t % window == 0:
                 R[:m] = 0.0
@@ -526,13 +571,12 @@ class Walker:
             idx[:m, 0] = slot_g0[:m]
             j = 1
             if "pos" in self.sizes or "rem" in self.sizes:
-                g = self.groups[1]
                 v = {"pos": int(pos_lut[t])}
                 if "rem" in self.sizes:
                     np.subtract(slot_tgt[:m], t + 1, out=tmp32[:m], casting="unsafe")
                     v["rem"] = rem_lut[tmp32[:m]]
                 col = idx[:m, 1]
-                _joint_index(g, self.sizes, v, col)
+                _joint_index(self.groups[1], self.sizes, v, col)
                 col += self.offsets[1]
                 j = 2
             for g, off in zip(self.groups[j:], self.offsets[j:]):
@@ -540,11 +584,18 @@ class Walker:
                 _joint_index(g, self.sizes, prev, col)
                 col += off
                 j += 1
-            if urank is None:  # the active flows' ranks in request order: which uniforms are theirs
-                mask = np.zeros(n, bool)
-                mask[slot_flow[:m]] = True
-                urank = (np.cumsum(mask) - 1)[slot_flow[:m]]
-            u = rng.random((m, 5), dtype=np.float32)[urank]
+            if pre_u is None:
+                if urank is None:  # the active flows' ranks in request order: which uniforms are theirs
+                    mask = np.zeros(len(cap_all), bool)
+                    mask[slot_flow[:m]] = True
+                    urank = (np.cumsum(mask) - 1)[slot_flow[:m]]
+                u = rng.random((m, 5), dtype=np.float32)[urank]
+            else:
+                u_all, u_at, m_t = pre_u
+                if urank is None or m_t[t] != m_all:  # the flows active in all parts changed
+                    m_all = m_t[t]
+                    urank = (np.cumsum(cap_all > t) - 1)[slot_flow[:m]]
+                u = u_all[u_at[t] + urank]
             new = {name: np.empty(m, np.int32) for name in TOKENS}
             last = np.zeros(m, bool) if self.want_last else None
             nb = -(-m // B)
@@ -573,10 +624,6 @@ class Walker:
             m = m_next
             if m == 0:
                 break
-        if self.want_last and (length < cap).any():
-            keep = np.repeat(length, cap) > (np.arange(total) - np.repeat(start[:-1], cap))
-            toks = toks[:, keep]
-        return length, toks
 
     def _block(self, b0, b1, idx, R, C, hbuf, Z, L, less, hid_tmp, u, sum_g, sum_h, new, last):
         """One step for active slots b0..b1: LSTM, then each head draws its token."""
