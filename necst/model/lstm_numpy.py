@@ -13,6 +13,10 @@ step is a handful of float32 array operations on all active flows at once:
 * Categorical draws invert the cumulative softmax with one uniform number per head and flow;
   the two binary heads (direction, end of flow) compare with a sigmoid.
 
+``StepNet.step`` is the plain step, kept as the reference (tests check it against Keras and
+the fast path against it); ``Walker`` is what sampling runs: the same arithmetic and uniform
+numbers, rearranged to cost about half as much per packet (see its docstring).
+
 ``arch`` names the network's parts: ``step`` the LSTM's inputs in order, ``heads`` each head's
 inputs in order (``h`` = the LSTM output, ``cur_X`` = the token X just drawn at this step,
 ``prev_X`` = the previous packet's token X, anything else = a condition). Token names: dir,
@@ -317,7 +321,6 @@ try:  # scipy's sparse-times-dense kernel sums a few table rows per row in one p
 except ImportError:  # pragma: no cover - private in scipy; the public product does the same, slower per call
     _csr_matvecs = None
 
-MAX_THREADS = 1  # threads that walk a kind's flows (more: see sampling_threads)
 MAX_JOINT_ROWS = 4096  # inputs are joined into one table while their combinations stay this few
 BLOCK = 2048  # rows per block of a step: a block's work arrays stay in the CPU's (L2 + L3) cache
 LOOP_CUMSUM_ROWS = 128  # from this many rows, cumulative sums over classes run as whole-row adds
@@ -326,12 +329,18 @@ NEG = np.float32(-1e30)  # the logit of a padding class: probability 0
 
 
 def sampling_threads() -> int:
-    """Threads for sampling: the CPUs this process may use, at most ``MAX_THREADS``."""
+    """Threads that walk a kind's flows: ``NECST_SAMPLING_THREADS`` (default 1), at most the CPUs
+    this process may use. The tokens are the same for any number; whether more threads are faster
+    depends on free cores (numpy holds the GIL between its calls)."""
+    try:
+        want = int(os.environ.get("NECST_SAMPLING_THREADS", "1"))
+    except ValueError:
+        want = 1
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(MAX_THREADS, cpus))
+    return max(1, min(want, cpus))
 
 
 def _groups(parts: list[str], sizes: dict[str, int]) -> list[list[str]]:
