@@ -643,16 +643,14 @@ class Walker:
         sum_g.add(ib, g)
         np.tanh(g, out=g)
         ti, tf, to, cg = g[:, :U], g[:, U:2 * U], g[:, 2 * U:3 * U], g[:, 3 * U:]
+        g[:, :3 * U] += 1.0  # 2 * sigmoid of the input, forget and output gates
         c = C[b0:b1]
-        tf += 1.0
         c *= tf
-        ti += 1.0
         ti *= cg
         c += ti
-        c *= 0.5
+        c *= 0.5  # c = f * c + i * g, exactly (the halving is exact)
         h = hbuf[:m]
         np.tanh(c, out=h)
-        to += 1.0
         h *= to  # twice the LSTM output; the weights it meets are halved
         np.matmul(h, self.W_rec, out=g)  # the next step's recurrent term
         z_all = Z[:m]
