@@ -454,8 +454,13 @@ class Walker:
             if set(toks) != set(cur) or any(TOKENS.index(t) >= TOKENS.index(head) for t in toks if head != "last"):
                 raise ValueError(f"head {head!r} reads tokens not drawn before it")
             sizes = {t: len(cur[t]) for t in toks}
-            self.cur[head] = [(g, [sizes[t] for t in g], np.ascontiguousarray(_joint_table(g, cur), np.float32))
-                              for g in _groups(toks, sizes)]
+            groups = _groups(toks, sizes)
+            tabs = [_joint_table(g, cur) for g in groups]
+            table = np.zeros((sum(len(t) for t in tabs), hw), np.float32)  # the constant-1 unit gets nothing
+            if tabs:
+                table[:, :hid] = np.vstack(tabs)
+            offs = np.cumsum([0] + [len(t) for t in tabs])[:-1]
+            self.cur[head] = ([(g, [sizes[t] for t in g], int(o)) for g, o in zip(groups, offs)], table)
             Wo, bo = w[f"{head}_kernel"], w[f"{head}_bias"]
             Wa = np.vstack([Wo, bo[None, :]]).astype(np.float32)  # the constant-1 unit carries the bias
             if head in ("dir", "last"):  # one number: the logit of the first class, halved for tanh
@@ -475,7 +480,8 @@ class Walker:
             contrib[p] *= scale
         W_rec[:, :3 * U] *= 0.5
         self.W_rec = np.ascontiguousarray(W_rec * 0.5, np.float32)
-        self.W_heads = np.ascontiguousarray(W_heads * 0.5, np.float32)
+        # heads' products per head (heads x U x hidden): each head's pre-activations are contiguous
+        self.W_heads = np.ascontiguousarray((W_heads * 0.5).reshape(U, -1, hw).transpose(1, 0, 2), np.float32)
         # input groups, one table row per group and flow at each step
         self.sizes = {p: len(t) for p, t in contrib.items()}
         flow = [p for p in ("app", "size") if p in contrib]
@@ -491,7 +497,7 @@ class Walker:
         self.offsets = np.cumsum([0] + [len(t) for t in tables])[:-1].astype(np.int32)
         D = np.vstack(tables).astype(np.float32)
         self.D_gates = np.ascontiguousarray(D[:, :4 * U])
-        self.D_heads = np.ascontiguousarray(D[:, 4 * U:])
+        self.D_heads = [np.ascontiguousarray(D[:, 4 * U + j * hw:4 * U + (j + 1) * hw]) for j in range(len(self.heads))]
         self.n_classes = {h: net.n_classes[h] for h in self.heads}
 
     def walk(self, app: np.ndarray, size: np.ndarray, target: np.ndarray, cap: np.ndarray, window: int, rng,
@@ -564,12 +570,14 @@ class Walker:
         C = np.empty((n, U), np.float32)  # per slot: the cell state
         B = min(block, n)
         hbuf = np.empty((B, U), np.float32)
-        Z = np.empty((B, self.H), np.float32)
+        Z = np.empty((len(self.heads), B, self.hid + 1), np.float32)
         n_max = max(len(self.out[h]) if self.out[h].ndim == 2 else 1 for h in self.heads)
         L = np.empty(n_max * B, np.float32)
         less = np.empty(n_max * B, bool)
-        hid_tmp = np.empty(B * self.hid, np.float32)
-        sum_g, sum_h = _RowSums(self.D_gates, k, B), _RowSums(self.D_heads, k, B)
+        hid_tmp = np.empty(B * 4, np.int32)  # rows of the heads' tables of tokens drawn at this step
+        sum_g = _RowSums(self.D_gates, k, B)
+        sum_h = [(_RowSums(d, k, B), _RowSums(self.cur[h][1], max(len(self.cur[h][0]), 1), B))
+                 for d, h in zip(self.D_heads, self.heads)]
         m = n
         urank, m_all = None, -1
         for t in range(int(slot_cap[0])):
@@ -653,21 +661,25 @@ class Walker:
         np.tanh(c, out=h)
         h *= to  # twice the LSTM output; the weights it meets are halved
         np.matmul(h, self.W_rec, out=g)  # the next step's recurrent term
-        z_all = Z[:m]
-        np.matmul(h, self.W_heads, out=z_all)
-        sum_h.add(ib, z_all)
+        np.matmul(h, self.W_heads, out=Z[:, :m])
         ub = u[b0:b1]
         drawn = {}
         for j, head in enumerate(self.heads):
-            z = z_all[:, j * hw:(j + 1) * hw]
-            for toks, sizes, table in self.cur[head]:
-                row = drawn[toks[0]].copy()
-                for t, s in zip(toks[1:], sizes[1:]):
-                    row *= s
-                    row += drawn[t]
-                tmp = hid_tmp[:m * hid].reshape(m, hid)
-                np.take(table, row, axis=0, out=tmp)
-                z[:, :hid] += tmp
+            z = Z[j, :m]
+            add_inputs, add_drawn = sum_h[j]
+            add_inputs.add(ib, z)
+            groups, table = self.cur[head]
+            if groups:
+                rows = hid_tmp[:m * len(groups)].reshape(m, len(groups))
+                for i, (toks, sizes, off) in enumerate(groups):
+                    row = rows[:, i]
+                    row[:] = drawn[toks[0]]
+                    for t, s in zip(toks[1:], sizes[1:]):
+                        row *= s
+                        row += drawn[t]
+                    if off:
+                        row += off
+                add_drawn.add(rows, z)
             np.maximum(z, 0.0, out=z)
             if head in ("dir", "last"):
                 x = z @ self.out[head]
