@@ -454,6 +454,8 @@ class FlowModel:
         ``tcp_flags`` (nullable UInt16, null for non-TCP), ``code``, ``gap_s`` (0 for the first
         packet), ``time_s`` (since the flow's first packet), then the packet model's fields of
         the code that are not already there (``wire_len``, ``hdr_len``, ``payload_len``, ...).
+        Text columns (``kind``, ``app``, ``flag_combo``, the packet model's text fields) are
+        pandas categoricals: the same values, without building a string per packet.
         """
         self._check_fitted()
         req = self._requests(requests)
