@@ -67,12 +67,14 @@ def craft_flow_table(plan: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def packet_table(plan: pd.DataFrame, flow_packets: pd.DataFrame) -> pd.DataFrame:
-    """Per-packet columns for :func:`plan_packets`: timestamps from each flow's start plus its gaps."""
+def packet_table(plan: pd.DataFrame, flow_packets: pd.DataFrame, flow_offset: int = 0) -> pd.DataFrame:
+    """Per-packet columns for :func:`plan_packets`: timestamps from each flow's start plus its gaps.
+
+    ``flow_packets["flow"] - flow_offset`` is the row of ``plan`` a packet belongs to."""
     f0, p0 = flow_packets["flow"].to_numpy(np.int64), flow_packets["pos"].to_numpy(np.int64)
     in_order = len(f0) < 2 or bool(np.all((f0[1:] > f0[:-1]) | ((f0[1:] == f0[:-1]) & (p0[1:] >= p0[:-1]))))
     fp = flow_packets if in_order else flow_packets.sort_values(["flow", "pos"], kind="stable")
-    flow = fp["flow"].to_numpy(np.int64)
+    flow = fp["flow"].to_numpy(np.int64) - flow_offset
     gap = np.nan_to_num(fp["gap_s"].to_numpy(float), nan=0.0, posinf=0.0)
     gap_ns = np.rint(np.maximum(gap, 0.0) * 1e9).astype(np.int64)
     first = np.ones(len(flow), bool)
@@ -100,14 +102,18 @@ class Sampler:
     """
 
     def __init__(self, aggregate, flow_model, packet_model=None, *, payload: str = "zeros",
-                 layout: str = "pcap", chunk_flows: int = 16384, max_packets_per_flow: int = 10000,
-                 close_flows: bool = True, keep_addresses: bool | None = None, attempts: bool = True):
+                 layout: str = "pcap", chunk_flows: int = 16384, flow_chunk_flows: int = 49152,
+                 max_packets_per_flow: int = 10000, close_flows: bool = True, keep_addresses: bool | None = None,
+                 attempts: bool = True):
         self.aggregate = aggregate
         self.flow_model = flow_model
         self.packet_model = packet_model
         self.payload = payload
         self.layout = layout
         self.chunk_flows = chunk_flows
+        # the flow model samples this many flows at once (whole chunks): its walk over the longest
+        # flows' last packets, a few flows per step, then happens once for several chunks
+        self.flow_chunk_flows = flow_chunk_flows
         self.max_packets_per_flow = max_packets_per_flow
         self.close_flows = close_flows
         self.attempts = attempts  # keep the model's failed TCP connection attempts (craft rule 0)
@@ -161,9 +167,12 @@ class Sampler:
                 first = int(plan["start_ns"].iloc[0]) if start_ns is None else int(start_ns)
                 end_ns = first + int(duration_s * 1e9)
             starts = plan["start_ns"].to_numpy(np.int64)
+            group = max(1, self.flow_chunk_flows // self.chunk_flows) * self.chunk_flows
             for c in range(0, len(plan), self.chunk_flows):
                 sub = plan.iloc[c:c + self.chunk_flows].reset_index(drop=True)
-                fields = self._plan_chunk(sub, _seed(seed, r, c), end_ns)
+                if c % group == 0:
+                    flows, first = self._sample_flows(plan.iloc[c:c + group], _seed(seed, r, c)), c
+                fields = self._plan_chunk(sub, flows, c - first, _seed(seed, r, c), end_ns)
                 if fields is not None:
                     fields.cols["flow"] = fields.cols["flow"] + flow_offset + c
                     pending = fields if pending is None else PacketFields.concat([pending, fields])
@@ -199,21 +208,31 @@ class Sampler:
             if r >= 1000:
                 raise NecstError(f"the models gave only {written} of {n_packets} packets")
 
-    def _plan_chunk(self, sub: pd.DataFrame, seed: int, end_ns: int | None) -> PacketFields | None:
+    def _sample_flows(self, plan: pd.DataFrame, seed: int) -> pd.DataFrame:
+        """The flow model's packets for these planned flows (``flow``: row of ``plan``)."""
         # craft_kind (tcp, udp, icmp, arp) tells a flow model that can use it which noflow traffic is meant
-        requests = pd.DataFrame({"kind": sub["kind"].to_numpy(), "app": sub["app"].to_numpy(),
-                                 "craft_kind": sub["craft_kind"].to_numpy(), "packets": sub["packets"].to_numpy(),
-                                 "max_packets": np.minimum(sub["packets"].to_numpy() * 4 + 8,
+        requests = pd.DataFrame({"kind": plan["kind"].to_numpy(), "app": plan["app"].to_numpy(),
+                                 "craft_kind": plan["craft_kind"].to_numpy(), "packets": plan["packets"].to_numpy(),
+                                 "max_packets": np.minimum(plan["packets"].to_numpy() * 4 + 8,
                                                            self.max_packets_per_flow)})
         with self._stage("flow_model"):
             fp = self.flow_model.sample(requests, self.packet_model, seed=seed)
-        if len(fp) == 0:
-            return None
-        with self._stage("plan"):
-            return self._plan_fields(sub, fp, seed, end_ns)
+            f = fp["flow"].to_numpy()
+            if len(f) > 1 and bool((f[1:] < f[:-1]).any()):  # chunks take their flows by position
+                fp = fp.sort_values(["flow", "pos"], kind="stable").reset_index(drop=True)
+            return fp
 
-    def _plan_fields(self, sub: pd.DataFrame, fp: pd.DataFrame, seed: int, end_ns: int | None) -> PacketFields:
-        pk = packet_table(sub, fp)
+    def _plan_chunk(self, sub: pd.DataFrame, flows: pd.DataFrame, first: int, seed: int,
+                    end_ns: int | None) -> PacketFields | None:
+        """Packet fields of the chunk ``sub``, whose flows are ``first``, ``first + 1``, ... in ``flows``."""
+        with self._stage("plan"):
+            a, b = np.searchsorted(flows["flow"].to_numpy(), [first, first + len(sub)])
+            if a == b:
+                return None
+            pk = packet_table(sub, flows.iloc[a:b], flow_offset=first)
+            return self._plan_fields(sub, pk, seed, end_ns)
+
+    def _plan_fields(self, sub: pd.DataFrame, pk: pd.DataFrame, seed: int, end_ns: int | None) -> PacketFields:
         if end_ns is not None:
             pk = pk[pk["ts_ns"].to_numpy() < end_ns]
         fields = plan_packets(pk, craft_flow_table(sub), seed=seed, close_flows=self.close_flows,
