@@ -167,11 +167,12 @@ class Sampler:
                 first = int(plan["start_ns"].iloc[0]) if start_ns is None else int(start_ns)
                 end_ns = first + int(duration_s * 1e9)
             starts = plan["start_ns"].to_numpy(np.int64)
-            group = max(1, self.flow_chunk_flows // self.chunk_flows) * self.chunk_flows
+            group_end = 0
             for c in range(0, len(plan), self.chunk_flows):
                 sub = plan.iloc[c:c + self.chunk_flows].reset_index(drop=True)
-                if c % group == 0:
-                    flows, first = self._sample_flows(plan.iloc[c:c + group], _seed(seed, r, c)), c
+                if c >= group_end:
+                    group_end = c + self._group_flows(n_packets, written)
+                    flows, first = self._sample_flows(plan.iloc[c:group_end], _seed(seed, r, c)), c
                 fields = self._plan_chunk(sub, flows, c - first, _seed(seed, r, c), end_ns)
                 if fields is not None:
                     fields.cols["flow"] = fields.cols["flow"] + flow_offset + c
@@ -207,6 +208,15 @@ class Sampler:
                 return
             if r >= 1000:
                 raise NecstError(f"the models gave only {written} of {n_packets} packets")
+
+    def _group_flows(self, n_packets: int | None, written: int) -> int:
+        """Flows (whole chunks) to sample at once: ``flow_chunk_flows``, or, towards the end of a
+        capture of N packets, the chunks its remaining packets probably need (a fifth more)."""
+        chunks = max(1, self.flow_chunk_flows // self.chunk_flows)
+        if n_packets is not None:
+            need = (n_packets - written) / max(self.aggregate.mean_packets(), 1.0) * 1.2
+            chunks = min(chunks, max(1, int(np.ceil(need / self.chunk_flows))))
+        return chunks * self.chunk_flows
 
     def _sample_flows(self, plan: pd.DataFrame, seed: int) -> pd.DataFrame:
         """The flow model's packets for these planned flows (``flow``: row of ``plan``)."""
