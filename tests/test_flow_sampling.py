@@ -201,3 +201,19 @@ def test_generate_samples_flows_for_several_chunks_at_once(tmp_path):
         runs[name] = r.path.read_bytes()
     assert runs["a"] == runs["b"]
     assert runs["a"] != runs["one"]  # the flow model's seeds go with its calls
+
+
+def test_row_sums_with_and_without_scipys_private_kernel(monkeypatch):
+    import necst.model.lstm_numpy as ln
+
+    rng = np.random.default_rng(0)
+    table = rng.random((50, 7), dtype=np.float32)
+    idx = rng.integers(0, 50, (20, 3)).astype(np.int32)
+    want = table[idx].sum(axis=1) + 1.0
+    out = np.ones((20, 7), np.float32)
+    ln._RowSums(table, 3, 32).add(idx, out)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    monkeypatch.setattr(ln, "_csr_matvecs", None)  # the public sparse product instead
+    out = np.ones((20, 7), np.float32)
+    ln._RowSums(table, 3, 32).add(idx, out)
+    np.testing.assert_allclose(out, want, rtol=1e-6)

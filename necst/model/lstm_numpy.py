@@ -407,9 +407,14 @@ class Walker:
     * The sigmoid gates' weights are halved, so one tanh activates all four gates
       (sigmoid(x) = (1 + tanh(x / 2)) / 2; halving is exact in floating point), and the
       LSTM output is kept doubled with the following weights halved.
+    * Each head's hidden pre-activations are contiguous, so the rows of the tokens drawn before
+      it are added in one pass too, and its ReLU runs over contiguous memory.
     * Output biases ride in the heads' matrix products (a constant-1 hidden unit); logits come
       out transposed (classes x flows), so the softmax and cumulative sums run over whole rows.
     * Steps run in blocks of rows that fit in the CPU's cache.
+
+    Tables are summed in float64 and stored in float32, so sums can differ from the reference's
+    in the last bit (see tests/test_flow_sampling.py for what that changes).
     """
 
     def __init__(self, net: "StepNet", want_last: bool):
@@ -418,7 +423,6 @@ class Walker:
         self.heads = HEADS if want_last else HEADS[:-1]
         hw = hid + 1  # a head's hidden units and its constant 1
         H = len(self.heads) * hw
-        self.H = H
         gates = slice(0, 4 * U)
         contrib: dict[str, np.ndarray] = {}  # input part -> (values x [gates | heads]) contributions
 
@@ -434,7 +438,8 @@ class Walker:
         bias[gates] = w["lstm_bias"]
         W_rec = w["lstm_recurrent"].copy()
         W_heads = np.zeros((U, H), np.float32)
-        self.cur: dict[str, list] = {}  # head -> [(tokens, table of hidden contributions)]
+        # head -> ([(tokens drawn before it, their sizes, first row)], table of their hidden contributions)
+        self.cur: dict[str, tuple] = {}
         self.out: dict[str, np.ndarray] = {}
         for j, head in enumerate(self.heads):
             c0 = 4 * U + j * hw
@@ -574,7 +579,7 @@ class Walker:
         n_max = max(len(self.out[h]) if self.out[h].ndim == 2 else 1 for h in self.heads)
         L = np.empty(n_max * B, np.float32)
         less = np.empty(n_max * B, bool)
-        hid_tmp = np.empty(B * 4, np.int32)  # rows of the heads' tables of tokens drawn at this step
+        drawn_rows = np.empty(B * 4, np.int32)  # rows of the heads' tables of tokens drawn at this step
         sum_g = _RowSums(self.D_gates, k, B)
         sum_h = [(_RowSums(d, k, B), _RowSums(self.cur[h][1], max(len(self.cur[h][0]), 1), B))
                  for d, h in zip(self.D_heads, self.heads)]
@@ -619,7 +624,7 @@ class Walker:
             step = -(-m // nb)  # blocks of equal size, none left small
             for b0 in range(0, m, step):
                 b1 = min(b0 + step, m)
-                self._block(b0, b1, idx, R, C, hbuf, Z, L, less, hid_tmp, u, sum_g, sum_h, new, last)
+                self._block(b0, b1, idx, R, C, hbuf, Z, L, less, drawn_rows, u, sum_g, sum_h, new, last)
             at = slot_start[:m] + t
             for i, name in enumerate(TOKENS):
                 toks[i, at] = new[name]
@@ -642,7 +647,7 @@ class Walker:
             if m == 0:
                 break
 
-    def _block(self, b0, b1, idx, R, C, hbuf, Z, L, less, hid_tmp, u, sum_g, sum_h, new, last):
+    def _block(self, b0, b1, idx, R, C, hbuf, Z, L, less, drawn_rows, u, sum_g, sum_h, new, last):
         """One step for active slots b0..b1: LSTM, then each head draws its token."""
         U, hid, hw = self.U, self.hid, self.hid + 1
         m = b1 - b0
@@ -670,7 +675,7 @@ class Walker:
             add_inputs.add(ib, z)
             groups, table = self.cur[head]
             if groups:
-                rows = hid_tmp[:m * len(groups)].reshape(m, len(groups))
+                rows = drawn_rows[:m * len(groups)].reshape(m, len(groups))
                 for i, (toks, sizes, off) in enumerate(groups):
                     row = rows[:, i]
                     row[:] = drawn[toks[0]]
