@@ -1,16 +1,18 @@
 """From a trained generator to a capture file: aggregate plan -> flows -> packets -> frames.
 
 The plan (one row per flow, in start order) comes from the AggregateModel; flows are expanded
-into packets by the FlowModel (which asks the PacketModel for each packet's fields) a chunk of
-flows at a time; each chunk is planned by :func:`necst.generate.craft.plan_packets` (TCP state,
+into packets by the FlowModel (which asks the PacketModel for each packet's fields) a few chunks
+of flows at a time (its batched walk then ends in a tail of a few long flows once for all of
+them); each chunk is planned by :func:`necst.generate.craft.plan_packets` (TCP state,
 addresses, ids). Flows overlap in time, so planned packets wait in a pending set until no later
 chunk can produce an earlier packet (every packet of a flow starts at or after the flow's start,
 and chunks follow start order): those before the next chunk's first start are laid into frames
-and written. Memory is bounded by a chunk plus the flows still open, whatever the capture size.
+and written. Memory is bounded by a few chunks plus the flows still open, whatever the capture size.
 """
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -34,7 +36,8 @@ class GenerateResult:
     bytes: int
     seconds: float
     repairs: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)  # seconds per stage
+    timings: dict = field(default_factory=dict)  # seconds per stage (wall clock)
+    cpu_timings: dict = field(default_factory=dict)  # CPU seconds of this process per stage
 
     @property
     def packets_per_second(self) -> float:
@@ -65,12 +68,14 @@ def craft_flow_table(plan: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def packet_table(plan: pd.DataFrame, flow_packets: pd.DataFrame) -> pd.DataFrame:
-    """Per-packet columns for :func:`plan_packets`: timestamps from each flow's start plus its gaps."""
+def packet_table(plan: pd.DataFrame, flow_packets: pd.DataFrame, flow_offset: int = 0) -> pd.DataFrame:
+    """Per-packet columns for :func:`plan_packets`: timestamps from each flow's start plus its gaps.
+
+    ``flow_packets["flow"] - flow_offset`` is the row of ``plan`` a packet belongs to."""
     f0, p0 = flow_packets["flow"].to_numpy(np.int64), flow_packets["pos"].to_numpy(np.int64)
     in_order = len(f0) < 2 or bool(np.all((f0[1:] > f0[:-1]) | ((f0[1:] == f0[:-1]) & (p0[1:] >= p0[:-1]))))
     fp = flow_packets if in_order else flow_packets.sort_values(["flow", "pos"], kind="stable")
-    flow = fp["flow"].to_numpy(np.int64)
+    flow = fp["flow"].to_numpy(np.int64) - flow_offset
     gap = np.nan_to_num(fp["gap_s"].to_numpy(float), nan=0.0, posinf=0.0)
     gap_ns = np.rint(np.maximum(gap, 0.0) * 1e9).astype(np.int64)
     first = np.ones(len(flow), bool)
@@ -98,14 +103,18 @@ class Sampler:
     """
 
     def __init__(self, aggregate, flow_model, packet_model=None, *, payload: str = "zeros",
-                 layout: str = "pcap", chunk_flows: int = 16384, max_packets_per_flow: int = 10000,
-                 close_flows: bool = True, keep_addresses: bool | None = None, attempts: bool = True):
+                 layout: str = "pcap", chunk_flows: int = 16384, flow_chunk_flows: int = 49152,
+                 max_packets_per_flow: int = 10000, close_flows: bool = True, keep_addresses: bool | None = None,
+                 attempts: bool = True):
         self.aggregate = aggregate
         self.flow_model = flow_model
         self.packet_model = packet_model
         self.payload = payload
         self.layout = layout
         self.chunk_flows = chunk_flows
+        # the flow model samples this many flows at once (whole chunks): its walk over the longest
+        # flows' last packets, a few flows per step, then happens once for several chunks
+        self.flow_chunk_flows = flow_chunk_flows
         self.max_packets_per_flow = max_packets_per_flow
         self.close_flows = close_flows
         self.attempts = attempts  # keep the model's failed TCP connection attempts (craft rule 0)
@@ -113,6 +122,7 @@ class Sampler:
         self.repairs: dict[str, int] = {}
         self.flows = 0
         self.timings = {"aggregate": 0.0, "flow_model": 0.0, "plan": 0.0, "frames": 0.0, "write": 0.0}
+        self.cpu_timings = dict.fromkeys(self.timings, 0.0)
         self._arena = Arena()
 
     def _plans(self, n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps) -> Iterator[pd.DataFrame]:
@@ -150,18 +160,21 @@ class Sampler:
         end_ns = None
         plans = self._plans(n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps)
         for r in range(1 << 30):
-            t = time.perf_counter()
-            plan = next(plans, None)
-            self.timings["aggregate"] += time.perf_counter() - t
+            with self._stage("aggregate"):
+                plan = next(plans, None)
             if plan is None:
                 return
             if duration_s is not None and len(plan):
                 first = int(plan["start_ns"].iloc[0]) if start_ns is None else int(start_ns)
                 end_ns = first + int(duration_s * 1e9)
             starts = plan["start_ns"].to_numpy(np.int64)
+            group_end = 0
             for c in range(0, len(plan), self.chunk_flows):
                 sub = plan.iloc[c:c + self.chunk_flows].reset_index(drop=True)
-                fields = self._plan_chunk(sub, _seed(seed, r, c), end_ns)
+                if c >= group_end:
+                    group_end = c + self._group_flows(n_packets, written)
+                    flows, first = self._sample_flows(plan.iloc[c:group_end], _seed(seed, r, c)), c
+                fields = self._plan_chunk(sub, flows, c - first, _seed(seed, r, c), end_ns)
                 if fields is not None:
                     fields.cols["flow"] = fields.cols["flow"] + flow_offset + c
                     pending = fields if pending is None else PacketFields.concat([pending, fields])
@@ -184,11 +197,10 @@ class Sampler:
                 if n_packets is not None:
                     out = out.slice(0, min(len(out), n_packets - written))
                 for i in range(0, len(out), MAX_BATCH_PACKETS):
-                    t = time.perf_counter()
-                    part = out.slice(i, min(i + MAX_BATCH_PACKETS, len(out)))
-                    written += len(part)
-                    frames = build_frames(part, layout=self.layout, payload=self.payload, arena=self._arena)
-                    self.timings["frames"] += time.perf_counter() - t
+                    with self._stage("frames"):
+                        part = out.slice(i, min(i + MAX_BATCH_PACKETS, len(out)))
+                        written += len(part)
+                        frames = build_frames(part, layout=self.layout, payload=self.payload, arena=self._arena)
                     yield frames
                 if n_packets is not None and written >= n_packets:
                     return
@@ -198,19 +210,40 @@ class Sampler:
             if r >= 1000:
                 raise NecstError(f"the models gave only {written} of {n_packets} packets")
 
-    def _plan_chunk(self, sub: pd.DataFrame, seed: int, end_ns: int | None) -> PacketFields | None:
+    def _group_flows(self, n_packets: int | None, written: int) -> int:
+        """Flows (whole chunks) to sample at once: ``flow_chunk_flows``, or, towards the end of a
+        capture of N packets, the chunks its remaining packets probably need (a fifth more)."""
+        chunks = max(1, self.flow_chunk_flows // self.chunk_flows)
+        if n_packets is not None:
+            need = (n_packets - written) / max(self.aggregate.mean_packets(), 1.0) * 1.2
+            chunks = min(chunks, max(1, int(np.ceil(need / self.chunk_flows))))
+        return chunks * self.chunk_flows
+
+    def _sample_flows(self, plan: pd.DataFrame, seed: int) -> pd.DataFrame:
+        """The flow model's packets for these planned flows (``flow``: row of ``plan``)."""
         # craft_kind (tcp, udp, icmp, arp) tells a flow model that can use it which noflow traffic is meant
-        requests = pd.DataFrame({"kind": sub["kind"].to_numpy(), "app": sub["app"].to_numpy(),
-                                 "craft_kind": sub["craft_kind"].to_numpy(), "packets": sub["packets"].to_numpy(),
-                                 "max_packets": np.minimum(sub["packets"].to_numpy() * 4 + 8,
+        requests = pd.DataFrame({"kind": plan["kind"].to_numpy(), "app": plan["app"].to_numpy(),
+                                 "craft_kind": plan["craft_kind"].to_numpy(), "packets": plan["packets"].to_numpy(),
+                                 "max_packets": np.minimum(plan["packets"].to_numpy() * 4 + 8,
                                                            self.max_packets_per_flow)})
-        t = time.perf_counter()
-        fp = self.flow_model.sample(requests, self.packet_model, seed=seed)
-        t1 = time.perf_counter()
-        self.timings["flow_model"] += t1 - t
-        if len(fp) == 0:
-            return None
-        pk = packet_table(sub, fp)
+        with self._stage("flow_model"):
+            fp = self.flow_model.sample(requests, self.packet_model, seed=seed)
+            f = fp["flow"].to_numpy()
+            if len(f) > 1 and bool((f[1:] < f[:-1]).any()):  # chunks take their flows by position
+                fp = fp.sort_values(["flow", "pos"], kind="stable").reset_index(drop=True)
+            return fp
+
+    def _plan_chunk(self, sub: pd.DataFrame, flows: pd.DataFrame, first: int, seed: int,
+                    end_ns: int | None) -> PacketFields | None:
+        """Packet fields of the chunk ``sub``, whose flows are ``first``, ``first + 1``, ... in ``flows``."""
+        with self._stage("plan"):
+            a, b = np.searchsorted(flows["flow"].to_numpy(), [first, first + len(sub)])
+            if a == b:
+                return None
+            pk = packet_table(sub, flows.iloc[a:b], flow_offset=first)
+            return self._plan_fields(sub, pk, seed, end_ns)
+
+    def _plan_fields(self, sub: pd.DataFrame, pk: pd.DataFrame, seed: int, end_ns: int | None) -> PacketFields:
         if end_ns is not None:
             pk = pk[pk["ts_ns"].to_numpy() < end_ns]
         fields = plan_packets(pk, craft_flow_table(sub), seed=seed, close_flows=self.close_flows,
@@ -219,8 +252,17 @@ class Sampler:
             fields = fields.take(np.flatnonzero(fields["ts_ns"] < end_ns))
         for k, v in fields.repairs.items():
             self.repairs[k] = self.repairs.get(k, 0) + v
-        self.timings["plan"] += time.perf_counter() - t1
         return fields
+
+    @contextmanager
+    def _stage(self, name: str):
+        """Adds the wall and CPU seconds of the block to the stage's timings."""
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.timings[name] += time.perf_counter() - t
+            self.cpu_timings[name] += time.process_time() - c
 
     def generate(self, out: str | Path, *, format: str = "pcap", force: bool = False,
                  progress: Callable[[int], None] | None = None, **kwargs) -> GenerateResult:
@@ -229,13 +271,12 @@ class Sampler:
         t = time.perf_counter()
         with CaptureWriter(out, format, force=force) as w:
             for batch in self.batches(**kwargs):
-                t0 = time.perf_counter()
-                w.write(batch)
-                self.timings["write"] += time.perf_counter() - t0
+                with self._stage("write"):
+                    w.write(batch)
                 if progress is not None:
                     progress(len(batch))
         return GenerateResult(Path(out), w.packets, self.flows, w.bytes, time.perf_counter() - t, dict(self.repairs),
-                              dict(self.timings))
+                              dict(self.timings), dict(self.cpu_timings))
 
 
 def generate(out: str | Path, models=None, *, model_dir: str | Path | None = None, payload: str = "zeros",
@@ -249,5 +290,5 @@ def generate(out: str | Path, models=None, *, model_dir: str | Path | None = Non
     sampler = Sampler(models.aggregate, models.flow, getattr(models, "packet", None), payload=payload, layout=format,
                       keep_addresses=keep_addresses, close_flows=close_flows)
     result = sampler.generate(out, format=format, force=force, progress=progress, **kwargs)
-    result.timings = dict(sampler.timings)
+    result.timings, result.cpu_timings = dict(sampler.timings), dict(sampler.cpu_timings)
     return result

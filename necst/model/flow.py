@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from necst.errors import BundleError, NecstError
-from necst.model.lstm_numpy import ARCH_V1, ARCH_V2, StepNet, keras_arrays
+from necst.model.lstm_numpy import ARCH_V1, ARCH_V2, StepNet, Walker, keras_arrays
 from necst.process.features import NOT_TCP, flag_bits, packet_features
 
 KINDS = ("tcp", "udp", "noflow")
@@ -41,7 +41,6 @@ SIZE_EDGES_ARR = np.asarray(SIZE_EDGES, dtype=np.int64)
 N_POS = 16 + 24  # positions 0..15 as themselves, then one bucket per power of two
 GAP_FLOOR_S = 1e-6  # gaps below this (timestamps in microseconds) are 0
 OTHER_APP = "other"
-BLOCK_ROWS = 1024  # flows per numpy step call when sampling: keeps its arrays in cache
 FORMAT_VERSION = 2  # 1: networks as .keras files; 2: networks as arrays, run in numpy
 INPUT_NAMES = ("prev_dir", "prev_flag", "prev_code", "prev_gap", "cur_dir", "cur_flag", "cur_code",
                "cur_gap", "app", "size", "pos", "rem")
@@ -455,6 +454,8 @@ class FlowModel:
         ``tcp_flags`` (nullable UInt16, null for non-TCP), ``code``, ``gap_s`` (0 for the first
         packet), ``time_s`` (since the flow's first packet), then the packet model's fields of
         the code that are not already there (``wire_len``, ``hdr_len``, ``payload_len``, ...).
+        Text columns (``kind``, ``app``, ``flag_combo``, the packet model's text fields) are
+        pandas categoricals: the same values, without building a string per packet.
         """
         self._check_fitted()
         req = self._requests(requests)
@@ -469,9 +470,7 @@ class FlowModel:
         cols = ["flow", "pos", "kind", "app", "direction", "flag_combo", "tcp_flags", "code", "gap_s", "time_s"]
         if not parts:
             return pd.DataFrame(columns=cols)
-        out = pd.concat(parts, ignore_index=True)
-        order = np.lexsort((out["pos"].to_numpy(), out["flow"].to_numpy()))
-        return out.iloc[order].reset_index(drop=True)
+        return _assemble(parts, len(req))
 
     def _requests(self, requests: pd.DataFrame) -> pd.DataFrame:
         if not isinstance(requests, pd.DataFrame):
@@ -479,7 +478,7 @@ class FlowModel:
         if "kind" not in requests.columns:
             raise NecstError("flow requests lack the column 'kind'")
         req = pd.DataFrame({"kind": requests["kind"].astype(str).to_numpy()})
-        bad = sorted(set(req["kind"]) - set(KINDS))
+        bad = sorted(set(pd.unique(req["kind"])) - set(KINDS))
         if bad:
             raise NecstError(f"unknown flow kind(s) {bad}; expected one of {list(KINDS)}")
         req["app"] = requests["app"].astype(str).to_numpy() if "app" in requests.columns else OTHER_APP
@@ -510,67 +509,33 @@ class FlowModel:
             nets[kind] = StepNet(self.arrays_[kind], self.arch_, self.units)
         return nets[kind]
 
-    def _tokens_sampled(self, kind, ki, app, size, target, cap, seed) -> tuple[np.ndarray, ...]:
-        """The autoregressive walk: one batched numpy step per packet index for all active flows.
-
-        Returns (local flow, position, tokens [dir, flag, code, gap]) in step order. Finished
-        flows leave the batch, so a step costs what its active flows cost; the state resets at
-        every multiple of ``window``, as the training windows did.
-        """
-        v, net = self.vocab_[kind], self._net(kind)
-        n = len(app)
-        rng = np.random.default_rng([seed, ki, 1])
-        base = net.flow_rows({"app": app, "size": size})
-        rem_lut = _pos_bucket(np.arange(int(target.max()) + 1))
-        n_steps = int(cap.max())
-        pos_lut = _pos_bucket(np.arange(n_steps))
-        total = int(cap.sum())
-        o_flow = np.empty(total, np.int64)
-        o_pos = np.empty(total, np.int32)
-        o_tok = np.empty((total, 4), np.int32)
-        act = np.arange(n)
-        tgt, cp = target.copy(), cap.copy()
-        prev = np.tile(np.array([2, len(v.flags), v.n_codes, self.n_gap_bins], np.int32), (n, 1))
-        state = None  # (rec, c) of the active flows; None: the zero state
-        buf = net.buffers(min(n, BLOCK_ROWS))
+    def _walker(self, kind: str) -> Walker:
+        net = self._net(kind)
         want_last = not self.end_at_count
-        at = 0
-        for t in range(n_steps):
-            if t % self.window == 0:
-                state = None
-            m = len(act)
-            u = rng.random((m, 5), dtype=np.float32)
-            idx = net.row_index(prev, int(pos_lut[t]), rem_lut[tgt - 1 - t])
-            tok = np.empty((m, 4), np.int32)
-            last = np.empty(m, bool)
-            new_rec = np.empty((m, 4 * self.units), np.float32) if state is None else state[0]
-            new_c = np.empty((m, self.units), np.float32) if state is None else state[1]
-            # blocks of rows small enough that a step's work arrays stay in the CPU's cache
-            for b0 in range(0, m, BLOCK_ROWS):
-                b1 = min(b0 + BLOCK_ROWS, m)
-                r, cc = (None, None) if state is None else (new_rec[b0:b1], new_c[b0:b1])
-                tk, ls, r, cc = net.step(base, act[b0:b1], {k: v[b0:b1] for k, v in idx.items()},
-                                         r, cc, u[b0:b1], buf, want_last)
-                tok[b0:b1] = tk
-                if want_last:
-                    last[b0:b1] = ls
-                if state is None:
-                    new_rec[b0:b1], new_c[b0:b1] = r, cc
-            state = (new_rec, new_c)
-            o_flow[at:at + m], o_pos[at:at + m], o_tok[at:at + m] = act, t, tok
-            at += m
-            keep = cp > t + 1
-            if want_last:
-                keep &= ~last
-            if not keep.all():
-                act, tgt, cp, tok = act[keep], tgt[keep], cp[keep], tok[keep]
-                state = (state[0][keep], state[1][keep])
-                if len(act) == 0:
-                    break
-            prev = tok
-        return o_flow[:at], o_pos[:at], o_tok[:at]
+        walkers = net.__dict__.setdefault("_walkers", {})  # with the net: refitting drops both
+        if want_last not in walkers:
+            walkers[want_last] = Walker(net, want_last)
+        return walkers[want_last]
 
-    def _sample_kind(self, kind, ki, req, flow_ids, packet_model, seed) -> pd.DataFrame:
+    def _tokens_sampled(self, kind, ki, app, size, target, cap, seed) -> tuple[np.ndarray, ...]:
+        """The autoregressive walk of all flows of one kind (``lstm_numpy.Walker``).
+
+        Returns (local flow, position, tokens 4 x packets [dir, flag, code, gap]), flow by flow.
+        All active flows advance together, one batched step per packet index; the state resets
+        at every multiple of ``window``, as the training windows did.
+        """
+        v = self.vocab_[kind]
+        rng = np.random.default_rng([seed, ki, 1])
+        rem_lut = _pos_bucket(np.arange(int(target.max()) + 1))
+        pos_lut = _pos_bucket(np.arange(int(cap.max())))
+        bos = {"dir": 2, "flag": len(v.flags), "code": v.n_codes, "gap": self.n_gap_bins}
+        length, tok = self._walker(kind).walk(app, size, target, cap, self.window, rng, pos_lut, rem_lut, bos)
+        local = np.repeat(np.arange(len(length)), length)
+        pos = np.arange(len(local)) - np.repeat(np.cumsum(length) - length, length)
+        return local, pos, tok
+
+    def _sample_kind(self, kind, ki, req, flow_ids, packet_model, seed) -> dict:
+        """One kind's packets, flow by flow: column -> numpy array, or ``_Labels`` for text columns."""
         v = self.vocab_[kind]
         app = v.app_ids(req["app"].to_numpy())
         size = req["size_class"].to_numpy().astype(np.int32)
@@ -583,34 +548,32 @@ class FlowModel:
 
         with threadpool_limits(limits=1, user_api="blas"):  # small products: threads cost more than they give
             local, pos, tok = self._tokens_sampled(kind, ki, app, size, target, cap, seed)
-        order = np.lexsort((pos, local))
-        local, pos, tok = local[order], pos[order].astype(np.int64), tok[order]
         rng = np.random.default_rng([seed, ki])
-        flags = np.array(v.flags, dtype=object)[tok[:, 1]]
-        gap = self._gap_values(tok[:, 3], rng)
+        gap = self._gap_values(tok[3], rng)
         gap[pos == 0] = 0.0
         flow_start = np.flatnonzero(pos == 0)
         csum = np.cumsum(gap)
         time_s = csum - np.repeat(csum[flow_start] - gap[flow_start], np.diff(np.append(flow_start, len(pos))))
         if kind == "tcp":
-            lut = np.array([flag_bits(f) for f in v.flags], dtype=np.int64)
-            bits = pd.array(lut[tok[:, 1]], dtype="UInt16")
+            lut = np.array([flag_bits(f) for f in v.flags], dtype=np.uint16)
+            bits = pd.arrays.IntegerArray(lut[tok[1]], np.zeros(len(pos), bool))
         else:
-            bits = pd.arrays.IntegerArray(np.zeros(len(flags), np.uint16), np.ones(len(flags), bool))
+            bits = pd.arrays.IntegerArray(np.zeros(len(pos), np.uint16), np.ones(len(pos), bool))
+        app_codes, app_labels = pd.factorize(req["app"].to_numpy(dtype=object))
         out = {
-            "flow": flow_ids[local], "pos": pos, "kind": np.full(len(pos), kind, dtype=object),
-            "app": req["app"].to_numpy(dtype=object)[local], "direction": tok[:, 0].astype(np.uint8),
-            "flag_combo": flags, "tcp_flags": bits, "code": tok[:, 2].astype(np.int64),
+            "flow": flow_ids[local], "pos": pos, "kind": _Labels(np.zeros(len(pos), np.int32), [kind]),
+            "app": _Labels(app_codes[local], list(app_labels)), "direction": tok[0].astype(np.uint8),
+            "flag_combo": _Labels(tok[1], list(v.flags)), "tcp_flags": bits, "code": tok[2].astype(np.int64),
             "gap_s": gap, "time_s": time_s,
         }
         fields = self._packet_fields(kind, ki, out["code"], packet_model, seed)
         for col, values in fields.items():
             if col not in out:
                 out[col] = values
-        return pd.DataFrame(out)
+        return out
 
     def _packet_fields(self, kind, ki, codes, packet_model, seed) -> dict:
-        """The packet model's fields for each code.
+        """The packet model's fields for each code (text columns as ``_Labels``).
 
         With ``code_pool`` = P > 0 the packet model decodes P draws per code once (seeded, kept
         with this model) and each packet takes one of its code's draws at random: the same
@@ -620,13 +583,13 @@ class FlowModel:
         P = int(self.code_pool)
         if P <= 0:
             f = packet_model.sample_codes(codes, kind, seed=int(seed) * 3 + ki)
-            return {c: f[c].to_numpy() for c in f.columns}
+            return {c: _Labels.of(f[c]) for c in f.columns}
         pools = self.__dict__.setdefault("_pools", {})
         got = pools.get(kind)
         if got is None or got[0] is not packet_model:
             n_codes = self.vocab_[kind].n_codes
             f = packet_model.sample_codes(np.repeat(np.arange(n_codes), P), kind, seed=1_000_003 + ki)
-            got = pools[kind] = (packet_model, {c: f[c].to_numpy() for c in f.columns})
+            got = pools[kind] = (packet_model, {c: _Labels.of(f[c]) for c in f.columns})
         pick = codes * P + np.random.default_rng([seed, ki, 2]).integers(0, P, len(codes))
         return {c: a[pick] for c, a in got[1].items()}
 
@@ -711,6 +674,66 @@ class FlowModel:
         if "flow_config.json" not in bundle.files:
             raise NecstError("bundle holds no flow level", path)
         return cls.read_from(bundle)
+
+
+class _Labels:
+    """A text column as integer codes into its labels (-1: missing): cheap to gather and merge."""
+
+    def __init__(self, codes: np.ndarray, labels: list):
+        self.codes, self.labels = np.asarray(codes, np.int32), list(labels)
+
+    @classmethod
+    def of(cls, col: pd.Series):
+        """Numeric columns as numpy arrays, anything else as labels."""
+        if pd.api.types.is_numeric_dtype(col.dtype) and not isinstance(col.dtype, pd.CategoricalDtype):
+            return col.to_numpy()
+        codes, labels = pd.factorize(col.to_numpy(dtype=object))
+        return cls(codes, list(labels))
+
+    def __getitem__(self, rows) -> "_Labels":
+        return _Labels(self.codes[rows], self.labels)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+def _assemble(parts: list[dict], n_flows: int) -> pd.DataFrame:
+    """The kinds' packets in one table ordered by (flow, position); text columns categorical."""
+    flow = np.concatenate([p["flow"] for p in parts])
+    pos = np.concatenate([p["pos"] for p in parts])
+    length = np.bincount(flow, minlength=n_flows)
+    start = np.zeros(n_flows, np.int64)
+    np.cumsum(length[:-1], out=start[1:])
+    dest = start[flow] + pos  # each packet's row: flows in request order, packets in order
+    n = len(dest)
+    where = np.cumsum([0] + [len(p["flow"]) for p in parts])
+    cols = list(dict.fromkeys(c for p in parts for c in p))
+    out = {}
+    for c in cols:
+        vals = [p.get(c) for p in parts]
+        if any(isinstance(v, _Labels) for v in vals):  # text in one kind: text in all
+            vals = [v if v is None or isinstance(v, _Labels) else _Labels.of(pd.Series(v).astype(str)) for v in vals]
+            labels = list(dict.fromkeys(x for v in vals if v is not None for x in v.labels))
+            codes = np.full(n, -1, np.int32)
+            for v, a, b in zip(vals, where[:-1], where[1:]):
+                if v is not None:
+                    lut = pd.Index(labels, dtype=object).get_indexer(pd.Index(v.labels, dtype=object))
+                    codes[dest[a:b]] = np.append(lut, -1)[v.codes]  # -1 (missing) stays
+            out[c] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(labels))
+        elif all(isinstance(v, pd.arrays.IntegerArray) for v in vals):
+            data, mask = np.zeros(n, vals[0].dtype.numpy_dtype), np.ones(n, bool)
+            for v, a, b in zip(vals, where[:-1], where[1:]):
+                data[dest[a:b]], mask[dest[a:b]] = v._data, v._mask
+            out[c] = pd.arrays.IntegerArray(data, mask)
+        else:  # numeric; a column some kinds lack is missing there
+            full = all(v is not None for v in vals)
+            dtype = np.result_type(*[v for v in vals if v is not None]) if full else np.float64
+            arr = np.full(n, np.nan if not full else 0, dtype)
+            for v, a, b in zip(vals, where[:-1], where[1:]):
+                if v is not None:
+                    arr[dest[a:b]] = v
+            out[c] = arr
+    return pd.DataFrame(out)
 
 
 def _systematic(weights: np.ndarray, n: int, rng) -> np.ndarray:

@@ -13,12 +13,18 @@ step is a handful of float32 array operations on all active flows at once:
 * Categorical draws invert the cumulative softmax with one uniform number per head and flow;
   the two binary heads (direction, end of flow) compare with a sigmoid.
 
+``StepNet.step`` is the plain step, kept as the reference (tests check it against Keras and
+the fast path against it); ``Walker`` is what sampling runs: the same arithmetic and uniform
+numbers, rearranged to cost about half as much per packet (see its docstring).
+
 ``arch`` names the network's parts: ``step`` the LSTM's inputs in order, ``heads`` each head's
 inputs in order (``h`` = the LSTM output, ``cur_X`` = the token X just drawn at this step,
 ``prev_X`` = the previous packet's token X, anything else = a condition). Token names: dir,
 flag, code, gap; their embeddings are ``e_<token>``, a condition's is ``e_<name>``.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -112,6 +118,7 @@ class StepNet:
         perm = np.r_[0:2 * U, 3 * U:4 * U, 2 * U:3 * U]
         for k in ("lstm_kernel", "lstm_recurrent", "lstm_bias"):
             w[k] = w[k][..., perm]
+        self.w = w  # the weights, gates reordered: ``Walker`` arranges them its own way
         step_rows = _split_rows(arch["step"], w, U)
         K = w["lstm_kernel"]
         if K.shape != (step_rows[arch["step"][-1]].stop, 4 * U) or w["lstm_recurrent"].shape != (U, 4 * U):
@@ -305,3 +312,426 @@ class StepNet:
                 W, b = self.out[head]
                 out[head][:, t] = np.maximum(z, 0.0) @ W + b
         return out
+
+
+# -- the fast sampling path ------------------------------------------------------------------
+
+try:  # scipy's sparse-times-dense kernel sums a few table rows per row in one pass (a fused gather-add)
+    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
+except ImportError:  # pragma: no cover - private in scipy; the public product does the same, slower per call
+    _csr_matvecs = None
+
+MAX_JOINT_ROWS = 4096  # inputs are joined into one table while their combinations stay this few
+BLOCK = 2048  # rows per block of a step: a block's work arrays stay in the CPU's (L2 + L3) cache
+LOOP_CUMSUM_ROWS = 128  # from this many rows, cumulative sums over classes run as whole-row adds
+PREFIX_BLOCK = 8  # classes per block of the two-level cumulative sum (class counts are padded to a multiple)
+NEG = np.float32(-1e30)  # the logit of a padding class: probability 0
+
+
+def sampling_threads() -> int:
+    """Threads that walk a kind's flows: ``NECST_SAMPLING_THREADS`` (default 1), at most the CPUs
+    this process may use. The tokens are the same for any number; whether more threads are faster
+    depends on free cores (numpy holds the GIL between its calls)."""
+    try:
+        want = int(os.environ.get("NECST_SAMPLING_THREADS", "1"))
+    except ValueError:
+        want = 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(want, cpus))
+
+
+def _groups(parts: list[str], sizes: dict[str, int]) -> list[list[str]]:
+    """Consecutive parts joined into groups whose number of value combinations stays small."""
+    out, cur, rows = [], [], 1
+    for p in parts:
+        if cur and rows * sizes[p] > MAX_JOINT_ROWS:
+            out.append(cur)
+            cur, rows = [], 1
+        cur.append(p)
+        rows *= sizes[p]
+    return out + [cur] if cur else out
+
+
+def _joint_table(parts: list[str], tables: dict[str, np.ndarray]) -> np.ndarray:
+    """Summed rows for every combination of the parts' values (the last part varies fastest)."""
+    t = tables[parts[0]]
+    for p in parts[1:]:
+        t = (t[:, None, :] + tables[p][None, :, :]).reshape(-1, t.shape[1])
+    return t
+
+
+def _joint_index(parts: list[str], sizes: dict[str, int], values: dict, out: np.ndarray) -> np.ndarray:
+    """Row of each flow's value combination in ``_joint_table(parts)``, written to ``out`` (int32)."""
+    out[...] = values[parts[0]]
+    for p in parts[1:]:
+        out *= sizes[p]
+        out += values[p]
+    return out
+
+
+class _RowSums:
+    """``out[i] += sum_j table[idx[i, j]]``: a fixed number of table rows added to each row."""
+
+    def __init__(self, table: np.ndarray, k: int, rows: int):
+        self.table, self.flat, self.k = table, table.reshape(-1), k
+        self.indptr = np.arange(0, k * rows + 1, k, dtype=np.int32)
+        self.ones = np.ones(k * rows, np.float32)
+
+    def add(self, idx: np.ndarray, out: np.ndarray) -> None:
+        m = len(out)
+        if _csr_matvecs is not None and out.flags.c_contiguous and idx.flags.c_contiguous:
+            _csr_matvecs(m, self.table.shape[0], self.table.shape[1], self.indptr[:m + 1], idx.reshape(-1),
+                         self.ones[:m * self.k], self.flat, out.reshape(-1))
+        else:
+            import scipy.sparse as sp
+
+            s = sp.csr_matrix((self.ones[:m * self.k], idx.reshape(-1), self.indptr[:m + 1]),
+                              shape=(m, self.table.shape[0]))
+            out += s @ self.table
+
+
+class Walker:
+    """The autoregressive walk of many flows of one kind: the fast sampling path of ``StepNet``.
+
+    It computes what ``StepNet.step`` computes (the plain reference, kept for tests) and draws
+    with the same uniform numbers, arranged so that a packet costs few passes over memory:
+
+    * Flows are sorted longest first, so the active flows are always a prefix of the state
+      arrays: a finished flow leaves by shrinking the batch, not by copying every state.
+    * Each input group (the flow's app and size, the position and packets remaining, the
+      previous tokens) has one table of precomputed contributions; a step adds one row per
+      group to the recurrent term in place (scipy's sparse kernel: one pass, no temporaries).
+    * The sigmoid gates' weights are halved, so one tanh activates all four gates
+      (sigmoid(x) = (1 + tanh(x / 2)) / 2; halving is exact in floating point), and the
+      LSTM output is kept doubled with the following weights halved.
+    * Each head's hidden pre-activations are contiguous, so the rows of the tokens drawn before
+      it are added in one pass too, and its ReLU runs over contiguous memory.
+    * Output biases ride in the heads' matrix products (a constant-1 hidden unit); logits come
+      out transposed (classes x flows), so the softmax and cumulative sums run over whole rows.
+    * Steps run in blocks of rows that fit in the CPU's cache.
+
+    Tables are summed in float64 and stored in float32, so sums can differ from the reference's
+    in the last bit (see tests/test_flow_sampling.py for what that changes).
+    """
+
+    def __init__(self, net: "StepNet", want_last: bool):
+        w, arch, U, hid = net.w, net.arch, net.U, net.hidden
+        self.U, self.hid, self.want_last = U, hid, want_last
+        self.heads = HEADS if want_last else HEADS[:-1]
+        hw = hid + 1  # a head's hidden units and its constant 1
+        H = len(self.heads) * hw
+        gates = slice(0, 4 * U)
+        contrib: dict[str, np.ndarray] = {}  # input part -> (values x [gates | heads]) contributions
+
+        def add(part, cols, m):
+            if part not in contrib:
+                contrib[part] = np.zeros((m.shape[0], 4 * U + H), np.float64)
+            contrib[part][:, cols] += m
+
+        K = w["lstm_kernel"].astype(np.float64)
+        for p, sl in _split_rows(arch["step"], w, U).items():
+            add(p, gates, w[_emb_name(p)] @ K[sl])
+        bias = np.zeros(4 * U + H, np.float64)
+        bias[gates] = w["lstm_bias"]
+        W_rec = w["lstm_recurrent"].copy()
+        W_heads = np.zeros((U, H), np.float32)
+        # head -> ([(tokens drawn before it, their sizes, first row)], table of their hidden contributions)
+        self.cur: dict[str, tuple] = {}
+        self.out: dict[str, np.ndarray] = {}
+        for j, head in enumerate(self.heads):
+            c0 = 4 * U + j * hw
+            cols = slice(c0, c0 + hid)
+            bias[cols] = w[f"{head}_hidden_bias"]
+            bias[c0 + hid] = 1.0
+            Wk = w[f"{head}_hidden_kernel"]
+            cur = {}
+            for p, sl in _split_rows(arch["heads"][head], w, U).items():
+                if p == "h":
+                    W_heads[:, j * hw:j * hw + hid] = Wk[sl]
+                elif p.startswith("cur_"):
+                    cur[p[4:]] = w[_emb_name(p)].astype(np.float64) @ Wk[sl]
+                else:
+                    add(p, cols, w[_emb_name(p)].astype(np.float64) @ Wk[sl])
+            toks = [t for t in TOKENS if t in cur]
+            if set(toks) != set(cur) or any(TOKENS.index(t) >= TOKENS.index(head) for t in toks if head != "last"):
+                raise ValueError(f"head {head!r} reads tokens not drawn before it")
+            sizes = {t: len(cur[t]) for t in toks}
+            groups = _groups(toks, sizes)
+            tabs = [_joint_table(g, cur) for g in groups]
+            table = np.zeros((sum(len(t) for t in tabs), hw), np.float32)  # the constant-1 unit gets nothing
+            if tabs:
+                table[:, :hid] = np.vstack(tabs)
+            offs = np.cumsum([0] + [len(t) for t in tabs])[:-1]
+            self.cur[head] = ([(g, [sizes[t] for t in g], int(o)) for g, o in zip(groups, offs)], table)
+            Wo, bo = w[f"{head}_kernel"], w[f"{head}_bias"]
+            Wa = np.vstack([Wo, bo[None, :]]).astype(np.float32)  # the constant-1 unit carries the bias
+            if head in ("dir", "last"):  # one number: the logit of the first class, halved for tanh
+                v = Wa[:, 1] - Wa[:, 0] if Wa.shape[1] == 2 else Wa[:, 0]
+                self.out[head] = np.ascontiguousarray(v * 0.5)
+            else:  # classes x hidden: logits come out transposed; padding classes never drawn
+                pad = -Wa.shape[1] % PREFIX_BLOCK
+                WT = np.zeros((Wa.shape[1] + pad, hw), np.float32)
+                WT[:Wa.shape[1]] = Wa.T
+                WT[Wa.shape[1]:, hid] = NEG
+                self.out[head] = WT
+        # halve the sigmoid gates (one tanh for all gates); the LSTM output is kept doubled
+        scale = np.ones(4 * U + H)
+        scale[:3 * U] = 0.5
+        bias *= scale
+        for p in contrib:
+            contrib[p] *= scale
+        W_rec[:, :3 * U] *= 0.5
+        self.W_rec = np.ascontiguousarray(W_rec * 0.5, np.float32)
+        # heads' products per head (heads x U x hidden): each head's pre-activations are contiguous
+        self.W_heads = np.ascontiguousarray((W_heads * 0.5).reshape(U, -1, hw).transpose(1, 0, 2), np.float32)
+        # input groups, one table row per group and flow at each step
+        self.sizes = {p: len(t) for p, t in contrib.items()}
+        flow = [p for p in ("app", "size") if p in contrib]
+        stepc = [p for p in ("pos", "rem") if p in contrib]
+        prev = [f"prev_{t}" for t in TOKENS if f"prev_{t}" in contrib]
+        unknown = set(contrib) - set(flow) - set(stepc) - set(prev)
+        if unknown:
+            raise ValueError(f"inputs {sorted(unknown)} are not known to the sampler")
+        contrib["_bias"] = bias[None, :]
+        self.sizes["_bias"] = 1
+        self.groups = [["_bias"] + flow] + ([stepc] if stepc else []) + _groups(prev, self.sizes)
+        tables = [_joint_table(g, contrib) for g in self.groups]
+        self.offsets = np.cumsum([0] + [len(t) for t in tables])[:-1].astype(np.int32)
+        D = np.vstack(tables).astype(np.float32)
+        self.D_gates = np.ascontiguousarray(D[:, :4 * U])
+        self.D_heads = [np.ascontiguousarray(D[:, 4 * U + j * hw:4 * U + (j + 1) * hw]) for j in range(len(self.heads))]
+        self.n_classes = {h: net.n_classes[h] for h in self.heads}
+
+    def walk(self, app: np.ndarray, size: np.ndarray, target: np.ndarray, cap: np.ndarray, window: int, rng,
+             pos_lut: np.ndarray, rem_lut: np.ndarray, bos: dict[str, int], block: int = BLOCK,
+             threads: int | None = None):
+        """Tokens of every packet of every flow, flow by flow: (lengths, tokens 4 x packets [dir, flag, code, gap]).
+
+        ``target`` conditions the packets-remaining input, ``cap`` is a flow's most packets
+        (the end-of-flow head may stop it sooner when ``want_last``); ``pos_lut[t]`` and
+        ``rem_lut[k]`` are the position bucket of step t and the bucket of k packets remaining;
+        ``bos`` the tokens before a flow's first packet. The LSTM state resets every ``window``
+        steps. Uniform numbers: ``rng.random((m, 5), float32)`` per step over the m active
+        flows in request order, as ``StepNet.step`` consumed them. ``threads`` (default
+        ``sampling_threads()``): flows are split between threads, each walking its share; the
+        tokens do not depend on it.
+        """
+        n = len(cap)
+        cap = np.asarray(cap, np.int64)
+        start = np.zeros(n + 1, np.int64)
+        np.cumsum(cap, out=start[1:])
+        total = int(start[-1])
+        toks = np.empty((4, total), np.int32)
+        length = cap.copy()
+        if n == 0 or total == 0:
+            return length, toks
+        order = np.argsort(-cap, kind="stable")  # longest first: the active flows are a prefix
+        vals = {"app": np.asarray(app, np.int32), "size": np.asarray(size, np.int32), "_bias": 0}
+        g0 = _joint_index(self.groups[0], self.sizes, vals, np.empty(n, np.int32)) + self.offsets[0]
+        flows = {"flow": order.astype(np.int64), "start": start[:-1][order], "tgt": np.asarray(target, np.int64)[order],
+                 "cap": cap[order], "g0": g0[order]}
+        threads = sampling_threads() if threads is None else max(int(threads), 1)
+        if self.want_last or threads == 1 or n < 2 * block:
+            self._walk_part(flows, toks, length, window, rng, None, cap, pos_lut, rem_lut, bos, block)
+        else:
+            # the flows active at step t are known in advance: draw every step's uniforms now, in
+            # the order the steps draw them, and let each thread take its flows' rows
+            steps = np.arange(int(cap.max()))
+            m_t = n - np.searchsorted(np.sort(cap), steps, side="right")
+            u_all = rng.random((int(m_t.sum()), 5), dtype=np.float32)
+            u_at = np.concatenate([[0], np.cumsum(m_t)[:-1]])
+            from concurrent.futures import ThreadPoolExecutor
+
+            # every ``threads``-th flow by length: each thread gets its share of every step
+            parts = [{k: a[i::threads].copy() for k, a in flows.items()} for i in range(threads)]
+            with ThreadPoolExecutor(threads) as pool:
+                done = [pool.submit(self._walk_part, part, toks, length, window, None, (u_all, u_at, m_t), cap,
+                                    pos_lut, rem_lut, bos, block) for part in parts]
+                for d in done:
+                    d.result()
+        if self.want_last and (length < cap).any():
+            keep = np.repeat(length, cap) > (np.arange(total) - np.repeat(start[:-1], cap))
+            toks = toks[:, keep]
+        return length, toks
+
+    def _walk_part(self, slot: dict, toks, length, window, rng, pre_u, cap_all, pos_lut, rem_lut, bos, block):
+        """Walk the flows in ``slot`` (sorted longest first), writing their tokens into ``toks``.
+
+        Uniforms: drawn from ``rng`` per step (all flows in this part), or taken from
+        ``pre_u`` = (all steps' uniforms, first row of each step, active flows per step) by
+        each flow's rank among all active flows (``cap_all``: every flow's length, in request order).
+        """
+        U = self.U
+        n = len(slot["flow"])
+        slot_flow, slot_start, slot_tgt, slot_cap, slot_g0 = (slot[k] for k in ("flow", "start", "tgt", "cap", "g0"))
+        prev = {f"prev_{t}": np.full(n, bos[t], np.int32) for t in TOKENS}
+        k = len(self.groups)
+        idx = np.empty((n, k), np.int32)
+        tmp32 = np.empty(n, np.int32)
+        R = np.empty((n, 4 * U), np.float32)  # per slot: the recurrent term, then the gates in place
+        C = np.empty((n, U), np.float32)  # per slot: the cell state
+        B = min(block, n)
+        hbuf = np.empty((B, U), np.float32)
+        Z = np.empty((len(self.heads), B, self.hid + 1), np.float32)
+        n_max = max(len(self.out[h]) if self.out[h].ndim == 2 else 1 for h in self.heads)
+        L = np.empty(n_max * B, np.float32)
+        less = np.empty(n_max * B, bool)
+        drawn_rows = np.empty(B * 4, np.int32)  # rows of the heads' tables of tokens drawn at this step
+        sum_g = _RowSums(self.D_gates, k, B)
+        sum_h = [(_RowSums(d, k, B), _RowSums(self.cur[h][1], max(len(self.cur[h][0]), 1), B))
+                 for d, h in zip(self.D_heads, self.heads)]
+        m = n
+        urank, m_all = None, -1
+        for t in range(int(slot_cap[0])):
+            if t % window == 0:
+                R[:m] = 0.0
+                C[:m] = 0.0
+            # every group's row for each active flow
+            idx[:m, 0] = slot_g0[:m]
+            j = 1
+            if "pos" in self.sizes or "rem" in self.sizes:
+                v = {"pos": int(pos_lut[t])}
+                if "rem" in self.sizes:
+                    np.subtract(slot_tgt[:m], t + 1, out=tmp32[:m], casting="unsafe")
+                    v["rem"] = rem_lut[tmp32[:m]]
+                col = idx[:m, 1]
+                _joint_index(self.groups[1], self.sizes, v, col)
+                col += self.offsets[1]
+                j = 2
+            for g, off in zip(self.groups[j:], self.offsets[j:]):
+                col = idx[:m, j]
+                _joint_index(g, self.sizes, prev, col)
+                col += off
+                j += 1
+            if pre_u is None:
+                if urank is None:  # the active flows' ranks in request order: which uniforms are theirs
+                    mask = np.zeros(len(cap_all), bool)
+                    mask[slot_flow[:m]] = True
+                    urank = (np.cumsum(mask) - 1)[slot_flow[:m]]
+                u = rng.random((m, 5), dtype=np.float32)[urank]
+            else:
+                u_all, u_at, m_t = pre_u
+                if urank is None or m_t[t] != m_all:  # the flows active in all parts changed
+                    m_all = m_t[t]
+                    urank = (np.cumsum(cap_all > t) - 1)[slot_flow[:m]]
+                u = u_all[u_at[t] + urank]
+            new = {name: np.empty(m, np.int32) for name in TOKENS}
+            last = np.zeros(m, bool) if self.want_last else None
+            nb = -(-m // B)
+            step = -(-m // nb)  # blocks of equal size, none left small
+            for b0 in range(0, m, step):
+                b1 = min(b0 + step, m)
+                self._block(b0, b1, idx, R, C, hbuf, Z, L, less, drawn_rows, u, sum_g, sum_h, new, last)
+            at = slot_start[:m] + t
+            for i, name in enumerate(TOKENS):
+                toks[i, at] = new[name]
+            prev = {f"prev_{name}": a for name, a in new.items()}
+            # who goes on: flows shorter than t + 2 end here (a suffix); with the end-of-flow head, any
+            m_next = int(np.searchsorted(-slot_cap[:m], -(t + 1), side="left"))
+            if last is not None and last[:m_next].any():
+                keep = np.flatnonzero(~last[:m_next])
+                length[slot_flow[:m_next][last[:m_next]]] = t + 1
+                for a in (slot_flow, slot_start, slot_tgt, slot_cap, slot_g0):
+                    a[:len(keep)] = a[keep]
+                R[:len(keep)], C[:len(keep)] = R[keep], C[keep]
+                prev = {p: a[keep] for p, a in prev.items()}
+                m_next = len(keep)
+                urank = None
+            elif m_next < m:
+                prev = {p: a[:m_next] for p, a in prev.items()}
+                urank = None
+            m = m_next
+            if m == 0:
+                break
+
+    def _block(self, b0, b1, idx, R, C, hbuf, Z, L, less, drawn_rows, u, sum_g, sum_h, new, last):
+        """One step for active slots b0..b1: LSTM, then each head draws its token."""
+        U, hid, hw = self.U, self.hid, self.hid + 1
+        m = b1 - b0
+        ib = idx[b0:b1]
+        g = R[b0:b1]
+        sum_g.add(ib, g)
+        np.tanh(g, out=g)
+        ti, tf, to, cg = g[:, :U], g[:, U:2 * U], g[:, 2 * U:3 * U], g[:, 3 * U:]
+        g[:, :3 * U] += 1.0  # 2 * sigmoid of the input, forget and output gates
+        c = C[b0:b1]
+        c *= tf
+        ti *= cg
+        c += ti
+        c *= 0.5  # c = f * c + i * g, exactly (the halving is exact)
+        h = hbuf[:m]
+        np.tanh(c, out=h)
+        h *= to  # twice the LSTM output; the weights it meets are halved
+        np.matmul(h, self.W_rec, out=g)  # the next step's recurrent term
+        np.matmul(h, self.W_heads, out=Z[:, :m])
+        ub = u[b0:b1]
+        drawn = {}
+        for j, head in enumerate(self.heads):
+            z = Z[j, :m]
+            add_inputs, add_drawn = sum_h[j]
+            add_inputs.add(ib, z)
+            groups, table = self.cur[head]
+            if groups:
+                rows = drawn_rows[:m * len(groups)].reshape(m, len(groups))
+                for i, (toks, sizes, off) in enumerate(groups):
+                    row = rows[:, i]
+                    row[:] = drawn[toks[0]]
+                    for t, s in zip(toks[1:], sizes[1:]):
+                        row *= s
+                        row += drawn[t]
+                    if off:
+                        row += off
+                add_drawn.add(rows, z)
+            np.maximum(z, 0.0, out=z)
+            if head in ("dir", "last"):
+                x = z @ self.out[head]
+                np.tanh(x, out=x)  # sigmoid(logit) > u  <=>  tanh(logit / 2) > 2u - 1
+                k = x > ub[:, j] * 2.0 - 1.0
+                if head == "last":
+                    last[b0:b1] = k
+                    break
+                drawn[head] = k.astype(np.int32)
+            else:
+                drawn[head] = self._draw(self.out[head], self.n_classes[head], z, ub[:, j], L, less)
+            new[head][b0:b1] = drawn[head]
+
+    @staticmethod
+    def _draw(WT: np.ndarray, n_cls: int, z: np.ndarray, u: np.ndarray, L: np.ndarray, less: np.ndarray) -> np.ndarray:
+        """One class per row of ``z``: softmax(WT @ z.T) inverted at ``u`` (``WT`` padded to whole blocks)."""
+        m = len(z)
+        if n_cls == 1:
+            return np.zeros(m, np.int32)
+        rows = len(WT)
+        lt = L[:rows * m].reshape(rows, m)
+        np.matmul(WT, z.T, out=lt)
+        lt -= lt.max(axis=0)
+        np.exp(lt, out=lt)
+        _prefix_sums(lt)
+        thr = u * lt[-1]
+        b = less[:rows * m].reshape(rows, m)
+        np.less(lt, thr, out=b)
+        k = np.add.reduce(b.view(np.uint8), axis=0, dtype=np.uint8 if rows < 256 else np.int32).astype(np.int32)
+        np.minimum(k, n_cls - 1, out=k)
+        return k
+
+
+def _prefix_sums(lt: np.ndarray) -> None:
+    """Cumulative sums down the columns, in place. numpy's cumsum over the first axis does not
+    vectorize over the second; for many columns, whole-row adds in two levels (within blocks of
+    ``PREFIX_BLOCK`` rows, then the blocks' totals) take few calls."""
+    rows, m = lt.shape
+    if m < LOOP_CUMSUM_ROWS or rows % PREFIX_BLOCK:
+        np.cumsum(lt, axis=0, out=lt)
+        return
+    b = PREFIX_BLOCK
+    x = lt.reshape(rows // b, b, m)
+    for i in range(1, b):
+        np.add(x[:, i], x[:, i - 1], out=x[:, i])
+    ends = x[:, b - 1]
+    for i in range(1, rows // b):
+        np.add(ends[i], ends[i - 1], out=ends[i])
+    if rows > b:
+        x[1:, :b - 1] += ends[:-1, None, :]
