@@ -3,9 +3,9 @@
 For each packet and each decay rate λ, AfterImage keeps, per key (source host, channel
 src→dst, socket src:port→dst:port), the decayed weight w = Σ 2^(-λ Δt), and the decayed mean
 and standard deviation of packet sizes; per channel also of inter-arrival times (jitter).
-Kitsune updates these one packet at a time; here they are computed for whole arrays as a
-segmented linear scan by recursive doubling (see :func:`damped_stats`): the Python loop runs
-log2(longest run of one key) times, never once per packet.
+Kitsune updates these one packet at a time; here they are computed for whole arrays in closed
+form, as cumulative sums per key of exponentially scaled terms (see :func:`damped_moments`),
+never with a loop per packet.
 (AfterImage's 2-D statistics between directions — magnitude, radius, covariance,
 correlation — are not computed.)
 """
@@ -29,44 +29,96 @@ def _directed_key(*parts: np.ndarray) -> np.ndarray:
     return k.view(np.int64)
 
 
-def damped_stats(t_s: np.ndarray, key_codes: np.ndarray, n_keys: int, x: np.ndarray,
-                 lambdas=LAMBDAS) -> Dict[str, np.ndarray]:
-    """Per packet and λ: decayed weight, mean and std of ``x`` over earlier packets of its key (itself included).
+_EPOCH_LOG2 = 800.0  # one epoch spans 800 halvings of a key's weight: scaled sums stay far from overflow
 
-    The recurrence S_i = 2^(-λ Δt) S_prev + [1, x, x²] per key is a linear scan; packets sorted
-    by key are combined by recursive doubling (log2 of the longest key's run passes over the
-    arrays), with the decay set to 0 where a key begins so no state leaks between keys. Every
-    factor is at most 1, so nothing overflows and no large sums cancel.
+
+def _segmented_cumsum(Y: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Cumulative sums down ``Y``'s rows, restarting at each of ``starts`` (sorted, starting at 0).
+
+    No running total crosses a segment, so a large segment cannot swamp a small one after it:
+    segments are padded into one matrix per power-of-two length and summed along its rows.
+    """
+    n = len(Y)
+    length = np.diff(np.r_[starts, n])
+    out = Y.copy()
+    cls = np.zeros(len(length), dtype=np.int64)
+    many = length > 1
+    cls[many] = np.ceil(np.log2(length[many])).astype(np.int64)
+    Yz = np.concatenate([Y, np.zeros((1,) + Y.shape[1:])])  # row n: the padding
+    for c in np.unique(cls[many]):
+        sel = np.flatnonzero(cls == c)
+        width = np.arange(1 << int(c))
+        ok = width[None, :] < length[sel, None]
+        idx = np.where(ok, starts[sel, None] + width[None, :], n)
+        block = Yz[idx]
+        np.cumsum(block, axis=1, out=block)
+        out[idx[ok]] = block[ok]
+    return out
+
+
+def damped_moments(t_s: np.ndarray, key_codes: np.ndarray, xs: List[np.ndarray],
+                   lambdas=LAMBDAS) -> List[Dict[str, np.ndarray]]:
+    """Per packet, λ and value array in ``xs``: decayed weight, mean and std over the earlier packets
+    of its key (itself included), as AfterImage's update S <- 2^(-λ Δt) S + [1, x, x²] gives them.
+
+    Closed form: S_i = 2^(-λ t_i) Σ_{j<=i} 2^(λ t_j) [1, x_j, x_j²] over the key's packets, a
+    cumulative sum. Time is cut into epochs of 800/λ seconds so the scaled terms stay within
+    float range; a key's sums restart each epoch (see :func:`_segmented_cumsum`) and take over
+    what its previous epoch left, decayed (older epochs weigh under 2^-800: nothing). Moments are
+    taken about each key's first value, so a key whose values barely vary loses no digits.
     """
     n = len(t_s)
-    lam = np.asarray(lambdas, dtype=np.float64)
+    lam = tuple(lambdas)
     order = np.argsort(key_codes, kind="stable")
-    ks, ts, xs = key_codes[order], t_s[order], x[order].astype(np.float64)
-    same = np.r_[False, ks[1:] == ks[:-1]]
-    dt = np.maximum(np.diff(np.r_[ts[:1], ts]), 0.0)
-    A = np.where(same[:, None], np.exp2(-np.outer(dt, lam)), 0.0)  # (n, L)
-    S = np.empty((n, 3, len(lam)))
-    S[:, 0, :] = 1.0
-    S[:, 1, :] = xs[:, None]
-    S[:, 2, :] = (xs * xs)[:, None]
-    A[A < 1e-30] = 0.0
-    step = 1
-    while step < n and A[step:].any():
-        S[step:] += A[step:, None, :] * S[:-step]
-        A[step:] *= A[:-step]
-        A[A < 1e-30] = 0.0
-        step *= 2
-    out = np.empty_like(S)
-    out[order] = S
-    w = out[:, 0, :]
-    mean = out[:, 1, :] / np.maximum(w, 1e-12)
-    std = np.sqrt(np.abs(out[:, 2, :] / np.maximum(w, 1e-12) - mean * mean))
-    res: Dict[str, np.ndarray] = {}
-    for j, lm in enumerate(lambdas):
-        res[f"w_l{lm:g}"] = w[:, j]
-        res[f"mean_l{lm:g}"] = mean[:, j]
-        res[f"std_l{lm:g}"] = std[:, j]
-    return res
+    ks, ts = key_codes[order], np.asarray(t_s, dtype=np.float64)[order]
+    kstart = np.r_[True, ks[1:] != ks[:-1]] if n else np.zeros(0, bool)
+    key_of = np.cumsum(kstart) - 1
+    first = np.flatnonzero(kstart)
+    centre, cols = [], [np.ones(n)]
+    for x in xs:
+        xo = np.asarray(x, dtype=np.float64)[order]
+        c = xo[first][key_of]
+        xc = xo - c
+        centre.append(c)
+        cols += [xc, xc * xc]
+    V = np.column_stack(cols)
+    out: List[Dict[str, np.ndarray]] = [{} for _ in xs]
+    for lm in lam:
+        span = _EPOCH_LOG2 / lm
+        ep = np.floor(ts / span)
+        start = kstart | np.r_[True, ep[1:] != ep[:-1]]
+        starts = np.flatnonzero(start)
+        off = lm * (ts - ep * span)  # in [0, 800): halvings since the epoch began
+        scale = np.exp2(off)
+        S = _segmented_cumsum(V * scale[:, None], starts)
+        C_last = S  # scaled sums, read at each epoch's last packet below
+        S = S / scale[:, None]
+        # What the key's previous epoch left, when that epoch is the one just before.
+        prev = starts - 1
+        carry = ~kstart[starts] & (ep[starts] == ep[np.maximum(prev, 0)] + 1)
+        src = np.where(carry, prev, -1)[np.cumsum(start) - 1]
+        has = np.flatnonzero(src >= 0)
+        if len(has):
+            cl = C_last[src[has]]
+            back = lm * (ts[has] - (ep[has] - 1) * span)  # halvings since the previous epoch began
+            with np.errstate(divide="ignore"):
+                S[has] += np.sign(cl) * np.exp2(np.log2(np.abs(cl)) - back[:, None])
+        w = np.maximum(S[:, 0], 1e-12)
+        for v in range(len(xs)):
+            m = S[:, 1 + 2 * v] / w
+            std = np.sqrt(np.abs(S[:, 2 + 2 * v] / w - m * m))
+            res = out[v]
+            for name, arr in ((f"w_l{lm:g}", S[:, 0]), (f"mean_l{lm:g}", m + centre[v]), (f"std_l{lm:g}", std)):
+                full = np.empty(n)
+                full[order] = arr
+                res[name] = full
+    return out
+
+
+def damped_stats(t_s: np.ndarray, key_codes: np.ndarray, n_keys: int, x: np.ndarray,
+                 lambdas=LAMBDAS) -> Dict[str, np.ndarray]:
+    """Per packet and λ: decayed weight, mean and std of ``x`` over earlier packets of its key (itself included)."""
+    return damped_moments(t_s, key_codes, [x], lambdas)[0]
 
 
 def packet_features(packets, lambdas=LAMBDAS) -> Units:
@@ -93,20 +145,22 @@ def packet_features(packets, lambdas=LAMBDAS) -> Units:
             "channel": _directed_key(p.src_ip, p.dst_ip),
             "socket": _directed_key(p.src_ip, p.dst_ip, p.src_port, p.dst_port, p.proto),
         }
+        # Jitter: time since the previous packet of the same channel (0 for the first).
+        order = np.argsort(keys["channel"], kind="stable")
+        gap = np.zeros(n)
+        cs, tt = keys["channel"][order], ts[order]
+        same = np.r_[False, cs[1:] == cs[:-1]]
+        gap[order] = np.where(same, np.diff(np.r_[tt[0], tt]), 0.0)
+        jitter = None
         for kname, key in keys.items():
-            codes, uniq = pd.factorize(key, sort=False)
-            for sname, arr in damped_stats(ts, codes, len(uniq), size, lambdas).items():
+            xs = [size, gap] if kname == "channel" else [size]
+            stats = damped_moments(ts, key, xs, lambdas)
+            for sname, arr in stats[0].items():
                 f[f"{kname}_size_{sname}"] = arr
                 log_names.add(f"{kname}_size_{sname}")
-        # Jitter: time since the previous packet of the same channel (0 for the first).
-        codes, uniq = pd.factorize(keys["channel"], sort=False)
-        order = np.argsort(codes, kind="stable")
-        gap = np.zeros(n)
-        cs, tt = codes[order], ts[order]
-        same = np.r_[False, cs[1:] == cs[:-1]]
-        g = np.where(same, np.diff(np.r_[tt[0], tt]), 0.0)
-        gap[order] = g
-        for sname, arr in damped_stats(ts, codes, len(uniq), gap, lambdas).items():
+            if kname == "channel":
+                jitter = stats[1]
+        for sname, arr in jitter.items():
             if sname.startswith("w_"):
                 continue  # same weights as the channel's size statistics
             f[f"channel_jitter_{sname}"] = arr
