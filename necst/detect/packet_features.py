@@ -166,7 +166,10 @@ def packet_features(packets, lambdas=LAMBDAS) -> Units:
             f[f"channel_jitter_{sname}"] = arr
             log_names.add(f"channel_jitter_{sname}")
     names = list(f.keys()) if n else _names(lambdas)
-    X = np.column_stack([f[k] for k in names]) if n else np.empty((0, len(names)))
+    X = np.empty((n, len(names)), order="F")  # filled column by column: each write is contiguous
+    for j, k in enumerate(names):
+        if n:
+            X[:, j] = f[k]
     src_vals, dst_vals = dictionary_values(t, "src_ip"), dictionary_values(t, "dst_ip")
     meta = pd.DataFrame({
         "start_ns": p.ts, "end_ns": p.ts, "row": p.order, "packets": np.ones(n, np.int64),
@@ -177,7 +180,7 @@ def packet_features(packets, lambdas=LAMBDAS) -> Units:
         "dst_port": np.where(p.dst_port < 65536, p.dst_port, -1),
         "protocol": p.proto,
     })
-    return Units("packet", meta, X.astype(np.float64), names, None,
+    return Units("packet", meta, X, names, None,
                  frozenset(log_names if n else [k for k in names if "_w_" in k or "mean" in k or "std" in k] + ["size"]))
 
 
