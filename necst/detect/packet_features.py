@@ -32,24 +32,29 @@ def _directed_key(*parts: np.ndarray) -> np.ndarray:
 _EPOCH_LOG2 = 800.0  # one epoch spans 800 halvings of a key's weight: scaled sums stay far from overflow
 
 
-def _segmented_cumsum(Y: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def _segmented_cumsum(Y: np.ndarray, starts: np.ndarray, long_run: int = 1024) -> np.ndarray:
     """Cumulative sums down ``Y``'s rows, restarting at each of ``starts`` (sorted, starting at 0).
 
     No running total crosses a segment, so a large segment cannot swamp a small one after it:
-    segments are padded into one matrix per power-of-two length and summed along its rows.
+    long segments are summed one by one (a few slices), short ones padded into one matrix per
+    power-of-two length and summed along its rows.
     """
     n = len(Y)
     length = np.diff(np.r_[starts, n])
     out = Y.copy()
-    cls = np.zeros(len(length), dtype=np.int64)
-    many = length > 1
-    cls[many] = np.ceil(np.log2(length[many])).astype(np.int64)
+    for s0, ln in zip(starts[length >= long_run].tolist(), length[length >= long_run].tolist()):
+        np.cumsum(out[s0:s0 + ln], axis=0, out=out[s0:s0 + ln])
+    short = (length > 1) & (length < long_run)
+    if not short.any():
+        return out
+    cls = np.ceil(np.log2(length[short])).astype(np.int64)
+    st, ln = starts[short], length[short]
     Yz = np.concatenate([Y, np.zeros((1,) + Y.shape[1:])])  # row n: the padding
-    for c in np.unique(cls[many]):
-        sel = np.flatnonzero(cls == c)
+    for c in np.unique(cls):
+        sel = cls == c
         width = np.arange(1 << int(c))
-        ok = width[None, :] < length[sel, None]
-        idx = np.where(ok, starts[sel, None] + width[None, :], n)
+        ok = width[None, :] < ln[sel, None]
+        idx = np.where(ok, st[sel, None] + width[None, :], n)
         block = Yz[idx]
         np.cumsum(block, axis=1, out=block)
         out[idx[ok]] = block[ok]
@@ -64,54 +69,61 @@ def damped_moments(t_s: np.ndarray, key_codes: np.ndarray, xs: List[np.ndarray],
     Closed form: S_i = 2^(-λ t_i) Σ_{j<=i} 2^(λ t_j) [1, x_j, x_j²] over the key's packets, a
     cumulative sum. Time is cut into epochs of 800/λ seconds so the scaled terms stay within
     float range; a key's sums restart each epoch (see :func:`_segmented_cumsum`) and take over
-    what its previous epoch left, decayed (older epochs weigh under 2^-800: nothing). Moments are
-    taken about each key's first value, so a key whose values barely vary loses no digits.
+    what its previous epoch left, decayed (an exact 2^-800 between two epochs' scales; older
+    epochs weigh under 2^-800: nothing). Mean and std are ratios of the sums, so the scale
+    cancels. Moments are taken about each key's first value, so a key whose values barely vary
+    loses no digits.
     """
     n = len(t_s)
-    lam = tuple(lambdas)
     order = np.argsort(key_codes, kind="stable")
     ks, ts = key_codes[order], np.asarray(t_s, dtype=np.float64)[order]
     kstart = np.r_[True, ks[1:] != ks[:-1]] if n else np.zeros(0, bool)
     key_of = np.cumsum(kstart) - 1
     first = np.flatnonzero(kstart)
-    centre, cols = [], [np.ones(n)]
-    for x in xs:
+    nv = len(xs)
+    V = np.empty((n, 1 + 2 * nv))
+    V[:, 0] = 1.0
+    centre = np.empty((n, nv))
+    for v, x in enumerate(xs):
         xo = np.asarray(x, dtype=np.float64)[order]
-        c = xo[first][key_of]
-        xc = xo - c
-        centre.append(c)
-        cols += [xc, xc * xc]
-    V = np.column_stack(cols)
-    out: List[Dict[str, np.ndarray]] = [{} for _ in xs]
-    for lm in lam:
+        centre[:, v] = xo[first][key_of]
+        xc = xo - centre[:, v]
+        V[:, 1 + 2 * v] = xc
+        V[:, 2 + 2 * v] = xc * xc
+    names = []
+    R = np.empty((n, len(tuple(lambdas)) * (1 + 2 * nv)))
+    col = 0
+    for lm in lambdas:
         span = _EPOCH_LOG2 / lm
         ep = np.floor(ts / span)
         start = kstart | np.r_[True, ep[1:] != ep[:-1]]
         starts = np.flatnonzero(start)
-        off = lm * (ts - ep * span)  # in [0, 800): halvings since the epoch began
-        scale = np.exp2(off)
-        S = _segmented_cumsum(V * scale[:, None], starts)
-        C_last = S  # scaled sums, read at each epoch's last packet below
-        S = S / scale[:, None]
+        scale = np.exp2(lm * (ts - ep * span))  # 2^(halvings since the epoch began), below 2^800
+        C = _segmented_cumsum(V * scale[:, None], starts)
         # What the key's previous epoch left, when that epoch is the one just before.
         prev = starts - 1
         carry = ~kstart[starts] & (ep[starts] == ep[np.maximum(prev, 0)] + 1)
         src = np.where(carry, prev, -1)[np.cumsum(start) - 1]
         has = np.flatnonzero(src >= 0)
         if len(has):
-            cl = C_last[src[has]]
-            back = lm * (ts[has] - (ep[has] - 1) * span)  # halvings since the previous epoch began
-            with np.errstate(divide="ignore"):
-                S[has] += np.sign(cl) * np.exp2(np.log2(np.abs(cl)) - back[:, None])
-        w = np.maximum(S[:, 0], 1e-12)
-        for v in range(len(xs)):
-            m = S[:, 1 + 2 * v] / w
-            std = np.sqrt(np.abs(S[:, 2 + 2 * v] / w - m * m))
-            res = out[v]
-            for name, arr in ((f"w_l{lm:g}", S[:, 0]), (f"mean_l{lm:g}", m + centre[v]), (f"std_l{lm:g}", std)):
-                full = np.empty(n)
-                full[order] = arr
-                res[name] = full
+            C[has] += C[src[has]] * np.exp2(-_EPOCH_LOG2)
+        R[:, col] = C[:, 0] / scale
+        names.append(("w", lm, 0))
+        col += 1
+        w = C[:, 0]
+        for v in range(nv):
+            m = C[:, 1 + 2 * v] / w
+            R[:, col + 1] = np.sqrt(np.abs(C[:, 2 + 2 * v] / w - m * m))
+            m += centre[:, v]
+            R[:, col] = m
+            names += [("mean", lm, v), ("std", lm, v)]
+            col += 2
+    full = np.empty_like(R)
+    full[order] = R  # back to packet order, whole rows at a time
+    out: List[Dict[str, np.ndarray]] = [{} for _ in xs]
+    for j, (stat, lm, v) in enumerate(names):
+        for res in (out if stat == "w" else [out[v]]):
+            res[f"{stat}_l{lm:g}"] = full[:, j]
     return out
 
 
