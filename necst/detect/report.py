@@ -30,6 +30,8 @@ def _plain(v):
         return None if not np.isfinite(v) else float(v)
     if isinstance(v, np.bool_):
         return bool(v)
+    if isinstance(v, float) and not np.isfinite(v):  # a missing address in a pandas column: JSON has no NaN
+        return None
     return v
 
 
