@@ -56,7 +56,10 @@ def score_capture(capture: str | Path, detector: str | Path, out: str | Path, fo
         scored = det.score_columns(window_meta(block), block.X, WINDOW_FEATURES)
         rep = build_report(scored, det, capture, packets=block.packets)
     else:
-        rep, scored = score_table(read_packets(capture, warnings=warnings), det, capture)
+        from necst.detect.windows import INPUT_COLUMNS
+
+        packets = read_packets(capture, warnings=warnings, columns=(*INPUT_COLUMNS, "flow_id"))
+        rep, scored = score_table(packets, det, capture)
     rep["warnings"] = warnings
     write_report(rep, scored, out, force=force)
     return rep

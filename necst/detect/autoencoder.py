@@ -32,10 +32,12 @@ class RobustScaler:
     def _pre(self, X: np.ndarray) -> np.ndarray:
         X = np.array(X, dtype=np.float64, copy=True)
         np.nan_to_num(X, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        cols = np.flatnonzero(self.log_mask)
-        if len(cols):
-            sub = X[:, cols]
-            X[:, cols] = np.copysign(np.log1p(np.abs(sub)), sub)
+        for j in np.flatnonzero(self.log_mask):  # column by column: a column without negatives needs no sign work
+            c = X[:, j]
+            if len(c) and c.min() < 0:
+                c[:] = np.copysign(np.log1p(np.abs(c)), c)
+            else:
+                np.log1p(c, out=c)
         return X
 
     def fit(self, X: np.ndarray) -> "RobustScaler":

@@ -175,14 +175,15 @@ def flow_keys(p: PacketArrays) -> np.ndarray:
 
 # ---------------------------------------------------------------- window mode
 
-def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5, origin_ns: int | None = None) -> Units:
+def window_features(packets, width_s: float = 1.0, stride_s: float = 0.5, origin_ns: int | None = None,
+                    flow_idle_s: float | None = 120.0) -> Units:
     """Sliding windows of ``width_s`` every ``stride_s`` (width a whole multiple of stride), over
     one table at once; :class:`necst.detect.windows.WindowStream` is the same, batch by batch.
 
     Windows never span two input files (file_index); empty windows are not units. The window
     grid starts at each file's first packet, or at ``origin_ns``.
     """
-    return window_units(WindowStream(width_s, stride_s, origin_ns).whole(as_table(packets)))
+    return window_units(WindowStream(width_s, stride_s, origin_ns, flow_idle_s).whole(as_table(packets)))
 
 
 def window_meta(block: WindowBlock) -> dict:

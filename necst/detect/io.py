@@ -20,14 +20,19 @@ import pyarrow.parquet as pq
 from necst.errors import DatasetError, NecstError
 
 
-def read_packets(path: str | Path, warnings: List[str] | None = None) -> pa.Table:
-    """A PacketTable; the reader's warnings (a capture cut short, ...) are appended to ``warnings``."""
+def read_packets(path: str | Path, warnings: List[str] | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+    """A PacketTable; the reader's warnings (a capture cut short, ...) are appended to ``warnings``.
+
+    ``columns`` as in :func:`iter_packets`: the columns the caller reads (others may be null or absent).
+    """
     from necst.schema import PACKET_SCHEMA
 
-    batches = list(iter_packets(path, warnings=warnings, prefetch=False))
+    batches = list(iter_packets(path, warnings=warnings, columns=columns, prefetch=False))
     if batches and isinstance(batches[0], pa.Table):
         return batches[0]
-    return pa.Table.from_batches(batches, schema=PACKET_SCHEMA) if batches else PACKET_SCHEMA.empty_table()
+    if not batches:
+        return PACKET_SCHEMA.empty_table()
+    return pa.Table.from_batches(batches, schema=PACKET_SCHEMA if columns is None else batches[0].schema)
 
 
 def iter_packets(path: str | Path, warnings: List[str] | None = None, columns: Sequence[str] | None = None,

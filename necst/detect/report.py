@@ -30,14 +30,52 @@ def _plain(v):
         return None if not np.isfinite(v) else float(v)
     if isinstance(v, np.bool_):
         return bool(v)
+    if isinstance(v, float) and not np.isfinite(v):  # a missing address in a pandas column: JSON has no NaN
+        return None
     return v
+
+
+class _LazyColumns(dict):
+    """A DataFrame's columns as numpy arrays, each converted when first read: a report reads a few
+    rows of most columns, and converting every column (IP addresses as a million strings) costs more
+    than the rest of the report."""
+
+    def __init__(self, frame):
+        super().__init__()
+        self._frame = frame
+        self._names = list(frame.columns)
+
+    def __missing__(self, key):
+        if key not in self._names:
+            raise KeyError(key)
+        v = self[key] = self._frame[key].to_numpy()
+        return v
+
+    def __contains__(self, key) -> bool:
+        return key in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def keys(self):
+        return list(self._names)
+
+    def value(self, key, idx: int):
+        """One cell, without converting the column."""
+        return dict.__getitem__(self, key)[idx] if dict.__contains__(self, key) else self._frame[key].iat[idx]
+
+    def items(self):
+        return [(k, self[k]) for k in self._names]
 
 
 def _columns(scored) -> dict:
     """Column name -> numpy array, for a DataFrame or a dict of arrays."""
     if isinstance(scored, dict):
         return {k: np.asarray(v) for k, v in scored.items()}
-    return {k: scored[k].to_numpy() for k in scored.columns}
+    return _LazyColumns(scored)
 
 
 def _unit(cols: dict, idx: int) -> dict:
@@ -46,13 +84,14 @@ def _unit(cols: dict, idx: int) -> dict:
          "error": float(cols["error"][idx]), "flag": bool(cols["flag"][idx])}
     for k in _UNIT_FIELDS:
         if k in cols:
-            d[k] = _plain(cols[k][idx])
+            d[k] = _plain(cols.value(k, idx) if isinstance(cols, _LazyColumns) else cols[k][idx])
     d["top_features"] = []
     for j in (1, 2, 3):
         if f"top{j}_feature" not in cols:
             continue
         name = cols[f"top{j}_feature"][idx]
-        d["top_features"].append({"feature": name, "value": _plain(cols[name][idx]) if name in cols else None,
+        value = (cols.value(name, idx) if isinstance(cols, _LazyColumns) else cols[name][idx]) if name in cols else None
+        d["top_features"].append({"feature": name, "value": _plain(value),
                                   "share_of_error": round(float(cols[f"top{j}_share"][idx]), 4)})
     return d
 
@@ -105,7 +144,7 @@ def write_report(report: dict, scored, out: str | os.PathLike, force: bool = Fal
     cols = _columns(scored)
     n = len(cols["flag"]) if "flag" in cols else 0
     table = {"unit": np.arange(n)}
-    table.update({c: v for c, v in cols.items() if c in CSV_COLUMNS or c.endswith(("_per_s", "_entropy"))})
+    table.update({c: cols[c] for c in cols if c in CSV_COLUMNS or c.endswith(("_per_s", "_entropy"))})
     tmp_csv = csv.with_name(f".{csv.name}.tmp")
     from necst.schema import arrow_array, string_array
 

@@ -3,9 +3,13 @@
 A window is ``m = width / stride`` consecutive stride-long bins of one file's time grid (anchored
 at the file's first packet). Packets arrive in time order, so a window is complete once a packet
 lands past its last bin; the stream keeps only the packets of windows not yet complete (the
-"tail") and a few bits of state (the IP strings seen so far, the non-TCP flows already counted as
-new), so memory stays flat however long the capture, and scoring a capture, a PacketTable or a
-live interface are one code path.
+"tail") and two maps that forget what the windows no longer need, so memory stays flat however
+long the capture, and scoring a capture, a PacketTable or a live interface are one code path.
+IP strings get small integer codes; once the map has grown, it keeps only the addresses the
+tail's packets still use and renumbers them (flow keys hash the strings, not the codes, so they
+do not change). A non-TCP flow is remembered for ``flow_idle_s`` after its last packet: a flow
+is new at its first packet and again after an idle gap longer than that (a flow meter's idle
+timeout); both maps start afresh with each input file, as windows do.
 
 Everything is whole-array numpy. Packets sorted by time make every window a contiguous packet
 range, so additive counts are differences of cumulative sums at the windows' edges. Distinct
@@ -16,6 +20,7 @@ merged by a second, small sort.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Dict, List
 
@@ -110,6 +115,12 @@ def _bits(x: int) -> int:
     return max(int(x), 1).bit_length()
 
 
+def _string_hashes(values: List[str]) -> np.ndarray:
+    """A 64-bit hash of each string, the same in every process (flow keys must not depend on codes)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little")
+                        for v in values), dtype=np.uint64, count=len(values))
+
+
 class WindowStream:
     """Sliding-window features over a stream of PacketTables (or record batches).
 
@@ -117,17 +128,29 @@ class WindowStream:
     Windows never span two input files (``file_index``); empty windows are not units. The grid
     of each file starts at its first packet, or at ``origin_ns`` for every file when given.
     Packets must arrive in time order per file; one a little late (older than the windows
-    already emitted) is counted in the oldest window still open.
+    already emitted) is counted in the oldest window still open. A non-TCP flow counts as new
+    at its first packet and after a silence longer than ``flow_idle_s`` (None: never again).
     """
 
-    def __init__(self, width_s: float = 1.0, stride_s: float = 0.5, origin_ns: int | None = None):
+    ip_map_min = 4096  # the IP map is pruned to the tail's addresses once past this and twice its last size
+
+    def __init__(self, width_s: float = 1.0, stride_s: float = 0.5, origin_ns: int | None = None,
+                 flow_idle_s: float | None = 120.0):
         self.m = _check_grid(width_s, stride_s)
         self.width_s = float(width_s)
         self.stride_ns = int(round(stride_s * 1e9))
         self.origin_ns = origin_ns
+        if flow_idle_s is not None and not flow_idle_s > 0:
+            raise NecstError(f"flow idle timeout must be positive seconds or None, got {flow_idle_s}")
+        self.flow_idle_ns = None if flow_idle_s is None else int(round(flow_idle_s * 1e9))
         self.packets = 0
-        self._ip: Dict[object, int] = {}  # IP string -> code, for the whole stream
-        self._known = np.empty(0, dtype=np.uint64)  # non-TCP flows already counted as new
+        self._ip: Dict[object, int] = {}  # IP string -> code (dense: 0 .. len - 1)
+        self._ip_strings: List[object] = []  # code -> IP string
+        self._ip_hash = np.zeros(1, dtype=np.uint64)  # code -> hash of the string; the last entry (code -1) is 0
+        self._ip_kept = 0  # map size after the last pruning
+        self._known = np.empty(0, dtype=np.uint64)  # non-TCP flows seen (sorted keys) ...
+        self._seen = np.empty(0, dtype=np.int64)  # ... and the time of their last packet
+        self._now = np.iinfo(np.int64).min  # latest packet time of the current file
         self._file: int | None = None
         self._origin = 0
         self._next_win = 0  # first window bin not emitted yet (in the current file)
@@ -146,8 +169,14 @@ class WindowStream:
         out = []
         for c in chunks:
             table = self._ip
-            lookup = np.array([table.setdefault(v, len(table)) for v in c.dictionary.to_pylist()] + [-1],
-                              dtype=np.int64)
+            values = c.dictionary.to_pylist()
+            fresh = [v for v in values if v not in table]
+            if fresh:
+                for v in fresh:
+                    table[v] = len(table)
+                self._ip_strings.extend(fresh)
+                self._ip_hash = np.r_[self._ip_hash[:-1], _string_hashes(fresh), np.uint64(0)]
+            lookup = np.array([table[v] for v in values] + [-1], dtype=np.int64)
             idx = c.indices
             idx = numpy_column(idx, fill=-1).astype(np.int64)
             out.append(lookup[idx])  # -1 indexes the trailing -1
@@ -174,6 +203,63 @@ class WindowStream:
             a["row"] = np.arange(len(ts))
         return a
 
+    def _prune_ips(self) -> None:
+        """Keep only the IP codes the tail still uses, renumbered 0..k-1 (tail included)."""
+        if len(self._ip) <= max(self.ip_map_min, 2 * self._ip_kept):
+            return
+        tail = self._tail
+        live = np.unique(np.r_[tail["src"], tail["dst"]]) if tail is not None else np.empty(0, np.int64)
+        live = live[live >= 0]
+        remap = np.full(len(self._ip_strings) + 1, -1, dtype=np.int64)  # the last entry maps -1 to -1
+        remap[live] = np.arange(len(live))
+        if tail is not None:
+            tail["src"], tail["dst"] = remap[tail["src"]], remap[tail["dst"]]
+        self._ip_strings = [self._ip_strings[c] for c in live.tolist()]
+        self._ip = {v: i for i, v in enumerate(self._ip_strings)}
+        self._ip_hash = np.r_[self._ip_hash[live], np.uint64(0)]
+        self._ip_kept = len(live)
+
+    def _new_file(self) -> None:
+        """Flows never span files: forget the last file's."""
+        self._known = np.empty(0, dtype=np.uint64)
+        self._seen = np.empty(0, dtype=np.int64)
+        self._now = np.iinfo(np.int64).min
+
+    def _new_flows(self, fkey: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Which of these non-TCP packets (time order) start a flow; the flow map updated and expired."""
+        idle = self.flow_idle_ns
+        o = np.argsort(fkey, kind="stable")  # time order kept within each flow
+        k, t = fkey[o], ts[o]
+        first = _runs(k)
+        new = np.zeros(len(k), dtype=bool)
+        new[first] = True
+        if idle is not None and len(k) > 1:
+            gap = np.r_[False, (t[1:] - t[:-1]) > idle]
+            gap[first] = False
+            new |= gap
+        cand = k[first]
+        if len(self._known):
+            pos = np.minimum(np.searchsorted(self._known, cand), len(self._known) - 1)
+            seen = self._known[pos] == cand
+            if idle is not None:
+                seen &= t[first] - self._seen[pos] <= idle
+            new[first[seen]] = False
+        last = np.maximum.reduceat(t, first)
+        keys, times = np.r_[self._known, cand], np.r_[self._seen, last]
+        if len(self._known):
+            order = np.argsort(keys, kind="stable")
+            keys, times = keys[order], times[order]
+            runs = _runs(keys)
+            keys, times = keys[runs], np.maximum.reduceat(times, runs)
+        self._now = max(self._now, int(t.max()))
+        if idle is not None:  # a flow silent for longer than the timeout is new at its next packet anyway
+            live = times >= self._now - idle
+            keys, times = keys[live], times[live]
+        self._known, self._seen = keys, times
+        out = np.empty(len(k), dtype=bool)
+        out[o] = new
+        return out
+
     def _classes(self, a: Dict[str, np.ndarray]) -> None:
         """Per-packet flow key, class bits and the 'new flow' mark (once per packet, never again)."""
         proto, flags = a["proto"], a["flags"]
@@ -181,24 +267,15 @@ class WindowStream:
         syn = tcp & ((flags & _SYN) != 0) & ((flags & _ACK) == 0)
         synack = tcp & ((flags & _SYN) != 0) & ((flags & _ACK) != 0)
         with np.errstate(over="ignore"):
-            ea = _mix(a["src"].astype(np.uint64) * np.uint64(65537) + a["sport"].astype(np.uint64))
-            eb = _mix(a["dst"].astype(np.uint64) * np.uint64(65537) + a["dport"].astype(np.uint64))
+            ea = _mix(self._ip_hash[a["src"]] * np.uint64(65537) + a["sport"].astype(np.uint64))
+            eb = _mix(self._ip_hash[a["dst"]] * np.uint64(65537) + a["dport"].astype(np.uint64))
             fkey = _mix((ea + eb) ^ _mix(ea ^ eb) ^ (proto.astype(np.uint64) + np.uint64(1)))
-        # A new flow: a bare SYN for TCP (connections open before the capture began do not count),
-        # the first packet of its 5-tuple otherwise.
+        # A new flow: a bare SYN for TCP (connections open before the capture began do not count);
+        # otherwise the first packet of its 5-tuple, or the first after an idle timeout.
         new = syn.copy()
         nt = np.flatnonzero(~tcp)
         if len(nt):
-            k = fkey[nt]
-            o = np.argsort(k, kind="stable")
-            first = o[_runs(k[o])]
-            cand = k[first]
-            if len(self._known):
-                pos = np.minimum(np.searchsorted(self._known, cand), len(self._known) - 1)
-                fresh = self._known[pos] != cand
-                first, cand = first[fresh], cand[fresh]
-            new[nt[first]] = True
-            self._known = np.union1d(self._known, cand)
+            new[nt] = self._new_flows(fkey[nt], a["ts"][nt])
         icmp = (proto == 1) | (proto == 58)
         udp = proto == 17
         non_ip = proto < 0
@@ -232,7 +309,6 @@ class WindowStream:
         if t.num_rows == 0:
             return _empty_block()
         a = self._arrays(t)
-        self._classes(a)
         f = a["file"]
         cuts = np.flatnonzero(np.r_[True, f[1:] != f[:-1], True])
         out = []
@@ -240,6 +316,7 @@ class WindowStream:
             seg = {k: v[s:e] for k, v in a.items()}
             if self._file is not None and int(seg["file"][0]) != self._file:
                 out.append(self.flush())
+            self._classes(seg)
             if self._file is None:
                 self._file = int(seg["file"][0])
                 self._origin = int(seg["ts"].min()) if self.origin_ns is None else int(self.origin_ns)
@@ -247,6 +324,7 @@ class WindowStream:
                     raise NecstError("packets before the window origin")
                 self._next_win = 0
             out.append(self._step(seg, final=False))
+        self._prune_ips()
         return _concat_blocks(out)
 
     def flush(self) -> WindowBlock:
@@ -256,6 +334,7 @@ class WindowStream:
         tail, self._tail = self._tail, None
         block = self._step(tail, final=True) if tail is not None else _empty_block()
         self._file = None
+        self._new_file()
         return block
 
     def whole(self, table) -> WindowBlock:
@@ -265,13 +344,14 @@ class WindowStream:
         if t.num_rows == 0:
             return _empty_block()
         a = self._arrays(t, rows=True)
-        self._classes(a)
         f = a["file"]
         cuts = np.flatnonzero(np.r_[True, f[1:] != f[:-1], True])
         blocks, pw = [], np.empty(t.num_rows, dtype=np.int64)
         done = 0
         for s, e in zip(cuts[:-1], cuts[1:]):
             seg = {k: v[s:e] for k, v in a.items()}
+            self._new_file()
+            self._classes(seg)
             self._file = int(seg["file"][0])
             self._origin = int(seg["ts"].min()) if self.origin_ns is None else int(self.origin_ns)
             if int(seg["ts"].min()) < self._origin:
@@ -282,6 +362,7 @@ class WindowStream:
             done += len(b.start_ns)
             blocks.append(b)
         self._file = None
+        self._new_file()
         out = _concat_blocks(blocks)
         out.packet_window = pw
         return out
@@ -505,9 +586,10 @@ def _half_open(bin_of, nbins, fkey, syn, est, widx, nw) -> np.ndarray:
     return half / np.maximum(opened, 1)
 
 
-def stream_windows(tables, width_s: float = 1.0, stride_s: float = 0.5, origin_ns: int | None = None) -> WindowBlock:
+def stream_windows(tables, width_s: float = 1.0, stride_s: float = 0.5, origin_ns: int | None = None,
+                   flow_idle_s: float | None = 120.0) -> WindowBlock:
     """All windows of an iterable of tables (batches of one capture, in order)."""
-    s = WindowStream(width_s, stride_s, origin_ns)
+    s = WindowStream(width_s, stride_s, origin_ns, flow_idle_s)
     blocks = [s.feed(t) for t in tables]
     blocks.append(s.flush())
     out = _concat_blocks(blocks)
