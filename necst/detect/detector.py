@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 BUNDLE_KIND = "detector"
-MODE_DEFAULTS = {"window": {"width_s": 1.0, "stride_s": 0.5}, "packet": {}, "flow": {}}
+MODE_DEFAULTS = {"window": {"width_s": 1.0, "stride_s": 0.5, "flow_idle_s": 120.0}, "packet": {}, "flow": {}}
 
 
 def _concat_units(parts: List[Units]) -> Units:
