@@ -2,7 +2,10 @@
 
 A flow is a sequence of packets; each step predicts the next packet from the previous one
 (teacher forcing) and the flow's condition (application, size class = bucket of its packet
-count, position in the flow). A step is factored so that its parts agree with each other:
+count, position in the flow). Noflow flows have no application (no ports); they are conditioned
+on their protocol instead (``noflow_proto``: ARP, ICMP, ICMPv6, IGMP, EAPOL, ...), whose request
+and reply patterns and lengths differ and which the model otherwise had to guess from the packet
+count. A step is factored so that its parts agree with each other:
 
     direction | h  ->  flags | h, direction  ->  packet code | h, direction, flags
     ->  time-gap bin | h, direction, flags, code  ->  last packet? | all of them
