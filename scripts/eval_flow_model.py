@@ -14,7 +14,8 @@ holds (conditions drawn from the training flows' app / size-class mix), and prin
    the bigram counts of consecutive flag combinations with start/end marks (^, $), and of
    flag+direction tokens; beside each ratio, its noise level: the ratios a perfect model would
    score from finite samples alone (stratified bootstrap of the training flows, and random
-   halves of them; see ideal_replicates, half_ratios);
+   halves of them; see ideal_replicates, half_ratios), and its spread when the same model
+   samples again with other seeds (--sample-seeds);
 3. cost: training seconds (wall and CPU) per kind and sampling seconds for 10,000 flows.
 
 With --validate the held-out part is not read: the training part is cut again per device
@@ -22,7 +23,7 @@ With --validate the held-out part is not read: the training part is cut again pe
 
 usage: PYTHONPATH=. python scripts/eval_flow_model.py [--train DIR] [--heldout DIR]
        [--packet-model length|train|BUNDLE] [--epochs N] [--seed S] [--save DIR] [--time-data DIR]
-       [--validate] [--prev-in-heads 0|1] [--noise-reps N]
+       [--validate] [--prev-in-heads 0|1] [--noise-reps N] [--sample-seeds K]
 Datasets are made from ../shared/tools/iot_split.py when the folders do not exist.
 """
 from __future__ import annotations
@@ -232,6 +233,8 @@ def main() -> None:
     ap.add_argument("--prev-in-heads", type=int, default=1, help="1: architecture v2, 0: v1")
     ap.add_argument("--noise-reps", type=int, default=20,
                     help="bootstrap replicates for the noise level of each ratio (0: skip)")
+    ap.add_argument("--sample-seeds", type=int, default=5,
+                    help="sample the model again with this many other seeds, for the spread of each ratio")
     ap.add_argument("--time-data", type=Path, default=None,
                     help="also time training on this dataset folder (e.g. 200k packets)")
     a = ap.parse_args()
@@ -271,6 +274,11 @@ def main() -> None:
           + ", ".join(f"{k} {v:+.1f}" for k, v in gap_pp.items()))
 
     print("\n## 2. Fidelity: d(sampled, held-out) / d(train, held-out)  (target <= 1.5)")
+    # the same model sampled again with other seeds: how much the ratio moves from one draw to the next
+    others = []
+    for i in range(a.sample_seeds):
+        r_i = fm.sample_requests({k: int(n_train.get(k, 0)) for k in KINDS if k in fm.vocab_}, seed=a.seed + 101 + i)
+        others.append(fm.sample(r_i, pm, seed=a.seed + 101 + i))
     lines = []
     for kind in KINDS:
         if kind not in fm.vocab_:
@@ -282,6 +290,7 @@ def main() -> None:
         ideal = pd.DataFrame([distances(per_flow(rep), ho) for rep in
                               ideal_replicates(real_tr[real_tr.kind == kind], a.noise_reps, a.seed + 11)])
         halves = half_ratios(real_tr[real_tr.kind == kind], ho, a.noise_reps // 2, a.seed + 12) if a.noise_reps else None
+        again = pd.DataFrame([distances(per_flow(o[o.kind == kind]), ho) for o in others])
         for m in floor:
             r = got[m] / floor[m] if floor[m] > 0 else np.inf
             row = {"kind": kind, "metric": m, "sampled": got[m], "floor": floor[m], "ratio": r,
@@ -291,6 +300,9 @@ def main() -> None:
                 row["boot p90"] = ideal[m].quantile(0.9) / floor[m]
                 row["half mean"] = halves[m].mean()
                 row["half p90"] = halves[m].quantile(0.9)
+            if len(again) and floor[m] > 0:
+                row["seeds min"] = again[m].min() / floor[m]
+                row["seeds max"] = again[m].max() / floor[m]
             lines.append(row)
     fid = pd.DataFrame(lines)
     print(fid.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
@@ -301,6 +313,9 @@ def main() -> None:
               f" {a.noise_reps} times (a model that copies training flows; lower bound)\n  half: d(half B, held-out) /"
               f" d(half A, held-out) over {a.noise_reps // 2} random halves of the training flows (a model of the"
               " population at half the sample size; upper bound)")
+    if a.sample_seeds:
+        print(f"seeds min / max: the ratio when the same model samples again, with {a.sample_seeds} other seeds"
+              " (requests and packets)")
 
     print("\n## 3. Cost")
     for k, h in fm.history_.items():
