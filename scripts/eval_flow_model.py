@@ -12,7 +12,10 @@ holds (conditions drawn from the training flows' app / size-class mix), and prin
    packets, bytes, duration (s, floored at 1 us), direction changes (log10(1 + x)) per flow and
    log10 gaps (s, floored at 1 us, packets after the first); JSD (necst.evaluate.jsd, nats) of
    the bigram counts of consecutive flag combinations with start/end marks (^, $), and of
-   flag+direction tokens;
+   flag+direction tokens; beside each ratio, its noise level: the ratios a perfect model would
+   score from finite samples alone (stratified bootstrap of the training flows, and random
+   halves of them; see ideal_replicates, half_ratios), and its spread when the same model
+   samples again with other seeds (--sample-seeds);
 3. cost: training seconds (wall and CPU) per kind and sampling seconds for 10,000 flows.
 
 With --validate the held-out part is not read: the training part is cut again per device
@@ -20,7 +23,7 @@ With --validate the held-out part is not read: the training part is cut again pe
 
 usage: PYTHONPATH=. python scripts/eval_flow_model.py [--train DIR] [--heldout DIR]
        [--packet-model length|train|BUNDLE] [--epochs N] [--seed S] [--save DIR] [--time-data DIR]
-       [--validate] [--prev-in-heads 0|1]
+       [--validate] [--prev-in-heads 0|1] [--noise-reps N] [--sample-seeds K]
 Datasets are made from ../shared/tools/iot_split.py when the folders do not exist.
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ import pyarrow as pa
 
 from necst.evaluate import emd, jsd
 from necst.evaluate.metrics import align_counts
-from necst.model.flow import KINDS, FlowModel, flow_structure
+from necst.model.flow import KINDS, FlowModel, flow_structure, noflow_proto
 from necst.process.dataset import load_dataset, process_captures
 from necst.process.features import packet_features
 
@@ -80,10 +83,18 @@ def validation_split(ds, share: float = 0.3):
     return parts
 
 
-def real_frame(pf: pd.DataFrame) -> pd.DataFrame:
-    """Packet features in the sampled frame's shape: flow, pos, kind, direction, flags, gap, length."""
+def real_frame(pf: pd.DataFrame, flows: pa.Table | None = None) -> pd.DataFrame:
+    """Packet features in the sampled frame's shape: flow, pos, kind, direction, flags, gap, length,
+    and ``cond``: what the flow model is conditioned on besides the packet count (the flow's
+    application; for noflow flows their protocol label when ``flows`` is given)."""
     order = np.lexsort((pf["flow_pos"].to_numpy(), pf["ts_ns"].to_numpy(), pf["flow_id"].to_numpy()))
     pf = pf.iloc[order]
+    cond = pf["app"].astype(str).to_numpy(dtype=object)
+    if flows is not None:
+        fl = flows.select(["flow_id", "ethertype", "protocol"]).to_pandas()
+        proto = pd.Series(noflow_proto(fl["ethertype"], fl["protocol"]), index=fl["flow_id"].to_numpy())
+        nf = pf["kind"].astype(str).to_numpy() == "noflow"
+        cond[nf] = proto.reindex(pf["flow_id"].to_numpy()[nf]).fillna("other").to_numpy(dtype=object)
     flow = pf["flow_id"].to_numpy()
     new = np.ones(len(flow), bool)
     new[1:] = flow[1:] != flow[:-1]
@@ -93,7 +104,53 @@ def real_frame(pf: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"flow": flow, "pos": pos, "kind": pf["kind"].astype(str).to_numpy(),
                          "direction": pf["direction"].to_numpy().astype(int),
                          "flag_combo": pf["flag_combo"].astype(str).to_numpy(), "gap_s": gap,
-                         "wire_len": pf["wire_len"].to_numpy(np.int64)})
+                         "wire_len": pf["wire_len"].to_numpy(np.int64), "cond": cond})
+
+
+def ideal_replicates(df: pd.DataFrame, reps: int, seed: int):
+    """What a flow model that had learned the training flows exactly would give, ``reps`` times.
+
+    The measured samples hold as many flows as the training part, with the training flows'
+    (condition, packet count) mix kept by the requests; such a model draws, for each request, a
+    training flow of the same (condition, packet count). So each replicate is a stratified
+    bootstrap of ``df``'s flows. Its distance to held-out, over the floor, is the ratio a perfect
+    model gets from finite samples alone: the noise level the measured ratio sits on.
+    """
+    df = df.sort_values(["flow", "pos"], kind="stable").reset_index(drop=True)
+    flow = df["flow"].to_numpy()
+    new = np.ones(len(flow), bool)
+    new[1:] = flow[1:] != flow[:-1]
+    start = np.flatnonzero(new)
+    length = np.diff(np.append(start, len(flow)))
+    key = pd.factorize(pd.Series(df["cond"].to_numpy()[start]).astype(str) + "|" + pd.Series(length).astype(str))[0]
+    by_key = np.argsort(key, kind="stable")
+    k_sorted = key[by_key]
+    g_start = np.searchsorted(k_sorted, k_sorted, side="left")
+    g_size = np.searchsorted(k_sorted, k_sorted, side="right") - g_start
+    rng = np.random.default_rng(seed)
+    for _ in range(reps):
+        pick = np.empty(len(start), np.int64)
+        pick[by_key] = by_key[g_start + np.floor(rng.random(len(start)) * g_size).astype(np.int64)]
+        n = length[pick]
+        idx = np.repeat(start[pick] - np.cumsum(n) + n, n) + np.arange(n.sum())
+        rep = df.iloc[idx].reset_index(drop=True)
+        rep["flow"] = np.repeat(np.arange(len(pick)), n)
+        yield rep
+
+
+def half_ratios(df: pd.DataFrame, ho: dict, splits: int, seed: int) -> pd.DataFrame:
+    """Ratios d(B, held-out) / d(A, held-out) for random halves A, B of ``df``'s flows: what a
+    model that had learned the training flows' population exactly (not the sample) would get,
+    had it been trained on, and sampled, half as many flows. Halving the sample makes this noise
+    larger than at full size, as the bootstrap (which copies training flows) makes it smaller."""
+    flows = df["flow"].unique()
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(splits):
+        half = np.isin(df["flow"].to_numpy(), rng.permutation(flows)[: len(flows) // 2])
+        da, db = distances(per_flow(df[half]), ho), distances(per_flow(df[~half]), ho)
+        out.append({m: db[m] / da[m] if da[m] > 0 else np.nan for m in da})
+    return pd.DataFrame(out)
 
 
 def per_flow(df: pd.DataFrame) -> dict:
@@ -174,6 +231,10 @@ def main() -> None:
     ap.add_argument("--code-pool", type=int, default=None,
                     help="packet draws kept per packet-model code when sampling (0: decode every packet)")
     ap.add_argument("--prev-in-heads", type=int, default=1, help="1: architecture v2, 0: v1")
+    ap.add_argument("--noise-reps", type=int, default=20,
+                    help="bootstrap replicates for the noise level of each ratio (0: skip)")
+    ap.add_argument("--sample-seeds", type=int, default=5,
+                    help="sample the model again with this many other seeds, for the spread of each ratio")
     ap.add_argument("--time-data", type=Path, default=None,
                     help="also time training on this dataset folder (e.g. 200k packets)")
     a = ap.parse_args()
@@ -194,8 +255,8 @@ def main() -> None:
         fm.code_pool = a.code_pool
     if a.save:
         fm.save(a.save, force=True)
-    real_tr = real_frame(packet_features(train.packets))
-    real_ho = real_frame(packet_features(held.packets))
+    real_tr = real_frame(packet_features(train.packets), train.flows)
+    real_ho = real_frame(packet_features(held.packets), held.flows)
     n_train = real_tr.groupby("kind")["flow"].nunique().to_dict()
     req = fm.sample_requests({k: int(n_train.get(k, 0)) for k in KINDS if k in fm.vocab_}, seed=a.seed + 1)
     t = time.perf_counter()
@@ -213,6 +274,11 @@ def main() -> None:
           + ", ".join(f"{k} {v:+.1f}" for k, v in gap_pp.items()))
 
     print("\n## 2. Fidelity: d(sampled, held-out) / d(train, held-out)  (target <= 1.5)")
+    # the same model sampled again with other seeds: how much the ratio moves from one draw to the next
+    others = []
+    for i in range(a.sample_seeds):
+        r_i = fm.sample_requests({k: int(n_train.get(k, 0)) for k in KINDS if k in fm.vocab_}, seed=a.seed + 101 + i)
+        others.append(fm.sample(r_i, pm, seed=a.seed + 101 + i))
     lines = []
     for kind in KINDS:
         if kind not in fm.vocab_:
@@ -221,13 +287,35 @@ def main() -> None:
         tr = per_flow(real_tr[real_tr.kind == kind])
         sy = per_flow(synth[synth.kind == kind])
         floor, got, fit = distances(tr, ho), distances(sy, ho), distances(sy, tr)
+        ideal = pd.DataFrame([distances(per_flow(rep), ho) for rep in
+                              ideal_replicates(real_tr[real_tr.kind == kind], a.noise_reps, a.seed + 11)])
+        halves = half_ratios(real_tr[real_tr.kind == kind], ho, a.noise_reps // 2, a.seed + 12) if a.noise_reps else None
+        again = pd.DataFrame([distances(per_flow(o[o.kind == kind]), ho) for o in others])
         for m in floor:
             r = got[m] / floor[m] if floor[m] > 0 else np.inf
-            lines.append({"kind": kind, "metric": m, "sampled": got[m], "floor": floor[m], "ratio": r,
-                          "ok": "yes" if r <= 1.5 else "NO", "sampled vs train": fit[m]})
+            row = {"kind": kind, "metric": m, "sampled": got[m], "floor": floor[m], "ratio": r,
+                   "ok": "yes" if r <= 1.5 else "NO", "sampled vs train": fit[m]}
+            if len(ideal) and floor[m] > 0:
+                row["boot mean"] = ideal[m].mean() / floor[m]
+                row["boot p90"] = ideal[m].quantile(0.9) / floor[m]
+                row["half mean"] = halves[m].mean()
+                row["half p90"] = halves[m].quantile(0.9)
+            if len(again) and floor[m] > 0:
+                row["seeds min"] = again[m].min() / floor[m]
+                row["seeds max"] = again[m].max() / floor[m]
+            lines.append(row)
     fid = pd.DataFrame(lines)
     print(fid.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     print(f"within 1.5x: {int((fid.ok == 'yes').sum())} of {len(fid)}")
+    if a.noise_reps:
+        print("Noise level of the ratio (what a perfect model would score from finite samples alone; mean and 90th"
+              " percentile):\n  boot: the training flows resampled within their (condition, packet count),"
+              f" {a.noise_reps} times (a model that copies training flows; lower bound)\n  half: d(half B, held-out) /"
+              f" d(half A, held-out) over {a.noise_reps // 2} random halves of the training flows (a model of the"
+              " population at half the sample size; upper bound)")
+    if a.sample_seeds:
+        print(f"seeds min / max: the ratio when the same model samples again, with {a.sample_seeds} other seeds"
+              " (requests and packets)")
 
     print("\n## 3. Cost")
     for k, h in fm.history_.items():

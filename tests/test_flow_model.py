@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from necst.errors import NecstError
-from necst.model.flow import FlowModel, _pos_bucket, flow_structure, size_class
+from necst.model.flow import FlowModel, _pos_bucket, flow_structure, noflow_proto, size_class
 from necst.model.length_codes import LengthCodes
 
 
@@ -38,11 +38,16 @@ def make_features(seed=0, n_tcp=120, n_udp=120, n_noflow=60) -> pd.DataFrame:
     for _ in range(n_udp):
         n = int(rng.integers(1, 3))
         add("udp", "dns", ["na"] * n, [0, 1][:n], [80, 160][:n])
-    for _ in range(n_noflow):
+    noflow_start = fid
+    for i in range(n_noflow):  # ARP request (42 B) and reply (60 B); ICMP echo and reply (98 B each)
         n = int(rng.integers(1, 3))
-        add("noflow", "unknown", ["na"] * n, [0, 1][:n], [60, 60][:n])
+        add("noflow", "unknown", ["na"] * n, [0, 1][:n], ([42, 60] if i % 2 else [98, 98])[:n])
     df = pd.DataFrame(rows, columns=["flow_id", "ts_ns", "kind", "app", "flag_combo", "direction", "flow_pos",
                                      "wire_len", "hdr_len", "payload_len", "gap_s"])
+    # what the FlowTable says of each flow (the noflow level is conditioned on the protocol)
+    arp = (df["flow_id"] >= noflow_start) & ((df["flow_id"] - noflow_start) % 2 == 1)
+    df["ethertype"] = np.where(arp, 0x0806, 0x0800)
+    df["ip_proto"] = np.where(arp, np.nan, np.where(df["kind"] == "tcp", 6, np.where(df["kind"] == "udp", 17, 1)))
     df["kind"] = pd.Categorical(df["kind"])
     df["direction"] = df["direction"].astype(np.uint8)
     return df
@@ -82,7 +87,31 @@ def test_udp_and_noflow_lengths_and_fields(trained):
     assert per.max() <= 2  # size class 1 holds 2-packet flows
     assert s["tcp_flags"].isna().all() and (s["flag_combo"] == "na").all()
     assert set(s.loc[s.kind == "udp", "wire_len"]) <= {80, 160}
+    assert set(s.loc[s.kind == "noflow", "wire_len"]) <= {42, 60, 98}
     assert {"wire_len", "hdr_len", "payload_len", "time_s", "code"} <= set(s.columns)
+
+
+def test_noflow_flows_follow_their_protocol(trained):
+    """The noflow level is conditioned on the protocol: given as ``proto``, through the aggregate
+    level's ``craft_kind``, or drawn from the training mix."""
+    pf, pm, fm = trained
+    assert fm.vocab_["noflow"].cond == "proto" and set(fm.vocab_["noflow"].apps) == {"arp", "icmp", "other"}
+    req = pd.DataFrame({"kind": "noflow", "app": "unknown", "packets": 2,
+                        "proto": ["arp"] * 40 + [None] * 40, "craft_kind": ["icmp"] * 40 + ["arp"] * 40})
+    s = fm.sample(req, pm, seed=3)
+    # proto wins over craft_kind where both are given; craft_kind decides where proto is missing
+    assert set(s["wire_len"]) <= {42, 60}
+    s = fm.sample(req.assign(proto=None, craft_kind="icmp"), pm, seed=3)
+    assert set(s["wire_len"]) == {98}
+    mix = fm.sample_requests({"noflow": 200}, seed=1)
+    assert (mix["app"] == "unknown").all() and set(mix["proto"]) == {"arp", "icmp"}
+    lens = fm.sample(mix.drop(columns="proto"), pm, seed=1).groupby("flow")["wire_len"].agg(set)
+    assert 0.2 < (lens.map(lambda x: x <= {42, 60})).mean() < 0.8  # drawn from the mix: both protocols
+
+
+def test_noflow_protocol_labels():
+    got = noflow_proto([0x0806, 0x0800, 0x0800, 0x86DD, 0x888E, 0x0800, 0x0006], [None, 1, 2, 58, None, 89, None])
+    assert list(got) == ["arp", "icmp", "igmp", "icmpv6", "eapol", "ip89", "eth0x0006"]
 
 
 def test_same_seed_same_flows(trained):

@@ -221,7 +221,7 @@ class Sampler:
 
     def _sample_flows(self, plan: pd.DataFrame, seed: int) -> pd.DataFrame:
         """The flow model's packets for these planned flows (``flow``: row of ``plan``)."""
-        # craft_kind (tcp, udp, icmp, arp) tells a flow model that can use it which noflow traffic is meant
+        # craft_kind (tcp, udp, icmp, arp, igmp, eapol, llc) tells a flow model that can use it which noflow traffic is meant
         requests = pd.DataFrame({"kind": plan["kind"].to_numpy(), "app": plan["app"].to_numpy(),
                                  "craft_kind": plan["craft_kind"].to_numpy(), "packets": plan["packets"].to_numpy(),
                                  "max_packets": np.minimum(plan["packets"].to_numpy() * 4 + 8,

@@ -2,7 +2,10 @@
 
 A flow is a sequence of packets; each step predicts the next packet from the previous one
 (teacher forcing) and the flow's condition (application, size class = bucket of its packet
-count, position in the flow). A step is factored so that its parts agree with each other:
+count, position in the flow). Noflow flows have no application (no ports); they are conditioned
+on their protocol instead (``noflow_proto``: ARP, ICMP, ICMPv6, IGMP, EAPOL, ...), whose request
+and reply patterns and lengths differ and which the model otherwise had to guess from the packet
+count. A step is factored so that its parts agree with each other:
 
     direction | h  ->  flags | h, direction  ->  packet code | h, direction, flags
     ->  time-gap bin | h, direction, flags, code  ->  last packet? | all of them
@@ -41,6 +44,20 @@ SIZE_EDGES_ARR = np.asarray(SIZE_EDGES, dtype=np.int64)
 N_POS = 16 + 24  # positions 0..15 as themselves, then one bucket per power of two
 GAP_FLOOR_S = 1e-6  # gaps below this (timestamps in microseconds) are 0
 OTHER_APP = "other"
+NOFLOW_APP = "unknown"  # the application of every noflow flow (no ports, no DPI)
+# noflow flows are conditioned on their protocol, not their (always unknown) application:
+# (ethertype, IP protocol or None) -> label; others are "eth0x...." / "ip<proto>"
+NOFLOW_PROTOS = {(0x0806, None): "arp", (0x0800, 1): "icmp", (0x86DD, 58): "icmpv6", (0x0800, 2): "igmp",
+                 (0x888E, None): "eapol"}
+# what a request's craft_kind (the aggregate level's craftable kind) allows of those labels
+CRAFT_PROTOS = {"icmp": ("icmp", "icmpv6"), "arp": ("arp",), "igmp": ("igmp",), "eapol": ("eapol",)}
+
+
+def craft_allows(labels: np.ndarray, craft_kind: str) -> np.ndarray:
+    """Which noflow protocol labels a craft kind allows; "llc" is every 802.3 length field."""
+    if craft_kind == "llc":
+        return np.array([str(x).startswith("eth0x") and int(str(x)[5:], 16) < 0x0600 for x in labels], bool)
+    return np.isin(labels, CRAFT_PROTOS.get(craft_kind, ()))
 FORMAT_VERSION = 2  # 1: networks as .keras files; 2: networks as arrays, run in numpy
 INPUT_NAMES = ("prev_dir", "prev_flag", "prev_code", "prev_gap", "cur_dir", "cur_flag", "cur_code",
                "cur_gap", "app", "size", "pos", "rem")
@@ -50,6 +67,19 @@ def size_class(packets) -> np.ndarray:
     """The size class of flows with these packet counts (see ``SIZE_EDGES``)."""
     p = np.maximum(np.asarray(packets, dtype=np.int64), 1)
     return np.searchsorted(np.asarray(SIZE_EDGES), p, side="right") - 1
+
+
+def noflow_proto(ethertype, ip_proto) -> np.ndarray:
+    """A protocol label per packet or flow without ports (``NOFLOW_PROTOS``): what the noflow
+    level is conditioned on. ARP requests and replies, ICMP echoes, IGMP reports and EAPOL
+    handshakes differ in lengths and direction pattern; their application is always unknown."""
+    et = pd.to_numeric(pd.Series(ethertype), errors="coerce").fillna(-1).to_numpy(np.int64)
+    pr = pd.to_numeric(pd.Series(ip_proto), errors="coerce").fillna(-1).to_numpy(np.int64)
+    out = np.where(pr >= 0, np.char.add("ip", pr.astype(str)),
+                   np.char.add("eth0x", np.char.zfill(np.char.mod("%x", np.maximum(et, 0)), 4))).astype(object)
+    for (e, p), name in NOFLOW_PROTOS.items():
+        out[(et == e) & ((pr < 0) if p is None else (pr == p))] = name
+    return out
 
 
 def _pos_bucket(pos: np.ndarray) -> np.ndarray:
@@ -67,8 +97,9 @@ class _Vocab:
     """What one kind's model speaks: flag combinations, apps, number of codes, length caps."""
 
     def __init__(self, flags: list[str], flag_other: str, apps: list[str], n_codes: int,
-                 cond_app: np.ndarray, cond_packets: np.ndarray, cond_count: np.ndarray):
-        self.flags, self.flag_other, self.apps = list(flags), flag_other, list(apps)
+                 cond_app: np.ndarray, cond_packets: np.ndarray, cond_count: np.ndarray, cond: str = "app"):
+        # cond "app": ``apps`` are applications; "proto": noflow protocol labels (``noflow_proto``)
+        self.flags, self.flag_other, self.apps, self.cond = list(flags), flag_other, list(apps), cond
         self.n_codes = int(n_codes)
         # the training flows' (app, packets) mix: requests without a packet count draw from it
         self.cond_app = np.asarray(cond_app, np.int32)
@@ -76,7 +107,8 @@ class _Vocab:
         self.cond_count = np.asarray(cond_count, np.int64)
 
     def to_json(self) -> dict:
-        return {"flags": self.flags, "flag_other": self.flag_other, "apps": self.apps, "n_codes": self.n_codes}
+        return {"flags": self.flags, "flag_other": self.flag_other, "apps": self.apps, "n_codes": self.n_codes,
+                "cond": self.cond}
 
     def arrays(self, kind: str) -> dict:
         return {f"{kind}_cond_app": self.cond_app, f"{kind}_cond_packets": self.cond_packets,
@@ -85,7 +117,7 @@ class _Vocab:
     @classmethod
     def from_saved(cls, d: dict, arrays: dict, kind: str) -> "_Vocab":
         return cls(d["flags"], d["flag_other"], d["apps"], d["n_codes"], arrays[f"{kind}_cond_app"],
-                   arrays[f"{kind}_cond_packets"], arrays[f"{kind}_cond_count"])
+                   arrays[f"{kind}_cond_packets"], arrays[f"{kind}_cond_count"], d.get("cond", "app"))
 
     def packets_for(self, classes: np.ndarray, rng) -> np.ndarray:
         """A packet count for each size class, drawn from the training flows of that class."""
@@ -102,6 +134,43 @@ class _Vocab:
     def app_ids(self, apps) -> np.ndarray:
         ids = pd.Index(self.apps, dtype=object).get_indexer(pd.Index(np.asarray(apps).astype(str), dtype=object))
         ids[ids < 0] = self.apps.index(OTHER_APP)
+        return ids.astype(np.int32)
+
+    def proto_ids(self, req: pd.DataFrame, packets: np.ndarray, rng) -> np.ndarray:
+        """The protocol label (index into ``apps``) of each noflow request: its ``proto`` where
+        given and known, else drawn from the training flows' (label, packets) mix among the labels
+        its ``craft_kind`` allows (icmp: icmp, icmpv6; arp, igmp, eapol: themselves; llc: 802.3), at its packet count (else its
+        size class, else any count)."""
+        n = len(req)
+        ids = np.full(n, -1, np.int64)
+        if "proto" in req.columns:
+            ids = pd.Index(self.apps, dtype=object).get_indexer(
+                pd.Index(req["proto"].astype(object).where(req["proto"].notna(), "").astype(str), dtype=object))
+        todo = ids < 0
+        if not todo.any():
+            return ids.astype(np.int32)
+        ck = req["craft_kind"].astype(str).to_numpy() if "craft_kind" in req.columns else np.full(n, "", object)
+        labels = np.array(self.apps, dtype=object)
+        packets = np.asarray(packets, np.int64)
+        for c in pd.unique(ck[todo]):
+            allowed = craft_allows(labels, c)
+            if not allowed.any():
+                allowed[:] = True
+            keep = allowed[self.cond_app]
+            ca, cp, cc = self.cond_app[keep], self.cond_packets[keep], self.cond_count[keep]
+            rows = np.flatnonzero(todo & (ck == c))
+            if len(ca) == 0:
+                ids[rows] = int(np.flatnonzero(allowed)[0])
+                continue
+            for p in np.unique(packets[rows]):
+                want = rows[packets[rows] == p]
+                sel = cp == p
+                if not sel.any():
+                    sel = size_class(cp) == size_class([p])[0]
+                if not sel.any():
+                    sel = np.ones(len(cp), bool)
+                w = cc[sel] / cc[sel].sum()
+                ids[want] = ca[sel][rng.choice(int(sel.sum()), size=len(want), p=w)]
         return ids.astype(np.int32)
 
 
@@ -141,11 +210,25 @@ class FlowModel:
         if isinstance(dataset, (str, Path)):
             dataset = load_dataset(dataset)
         if isinstance(dataset, Dataset):
-            flows = dataset.flows.select(["flow_id", "app"]).to_pandas() if dataset.flows.num_rows else None
+            flows = None
+            if dataset.flows.num_rows:
+                cols = [c for c in ("flow_id", "app", "ethertype", "protocol") if c in dataset.flows.column_names]
+                flows = dataset.flows.select(cols).to_pandas()
             return packet_features(dataset.packets), flows
         if isinstance(dataset, pd.DataFrame) and "gap_s" in dataset.columns:
             return dataset, None  # packet features already
         return packet_features(dataset), None
+
+    @staticmethod
+    def _flow_protos(pf: pd.DataFrame, flows: pd.DataFrame | None) -> pd.Series | None:
+        """Each flow's ``noflow_proto`` label by flow id, from the FlowTable (or from packet rows
+        that carry ``ethertype`` and ``ip_proto``); None when neither says."""
+        if flows is not None and {"ethertype", "protocol"} <= set(flows.columns):
+            return pd.Series(noflow_proto(flows["ethertype"], flows["protocol"]), index=flows["flow_id"].to_numpy())
+        if {"ethertype", "ip_proto"} <= set(pf.columns):
+            first = pf.drop_duplicates("flow_id")
+            return pd.Series(noflow_proto(first["ethertype"], first["ip_proto"]), index=first["flow_id"].to_numpy())
+        return None
 
     def _gap_edges(self, gaps: np.ndarray) -> np.ndarray:
         hi = max(float(gaps.max()) if len(gaps) else 1.0, 1.0) * 1.001
@@ -153,8 +236,9 @@ class FlowModel:
         return inner  # bin k (k >= 1) is [inner[k-1], inner[k]); bin 0 is [0, inner[0])
 
     def _tokens(self, rows: pd.DataFrame, flow_app: pd.Series | None, kind: str, packet_model,
-                vocab: _Vocab | None) -> tuple[dict, _Vocab]:
-        """Per-packet tokens of one kind, sorted by (flow, position)."""
+                vocab: _Vocab | None, cond: str = "app") -> tuple[dict, _Vocab]:
+        """Per-packet tokens of one kind, sorted by (flow, position). ``flow_app``: each flow's
+        condition label by flow id (its application, or with ``cond="proto"`` its protocol)."""
         order = np.lexsort((rows["flow_pos"].to_numpy(), rows["ts_ns"].to_numpy(), rows["flow_id"].to_numpy()))
         rows = rows.iloc[order]
         flow = rows["flow_id"].to_numpy(np.int64)
@@ -171,7 +255,7 @@ class FlowModel:
         if flow_app is not None:
             app_of_flow = flow_app.reindex(flow[start]).to_numpy(dtype=object)
             missing = pd.isna(app_of_flow)
-            app_of_flow[missing] = rows["app"].to_numpy(dtype=object)[start][missing]
+            app_of_flow[missing] = rows["app"].to_numpy(dtype=object)[start][missing] if cond == "app" else OTHER_APP
         else:
             app_of_flow = rows["app"].astype(str).to_numpy(dtype=object)[start]
         app_of_flow = np.array([str(a) for a in app_of_flow], dtype=object)
@@ -189,7 +273,7 @@ class FlowModel:
                 flags, flag_other = [NOT_TCP], NOT_TCP
             acounts = pd.Series(app_of_flow).value_counts()
             apps = sorted(a for a, c in acounts.items() if c >= self.min_app_count and a != OTHER_APP) + [OTHER_APP]
-            vocab = _Vocab(flags, flag_other, apps, packet_model.n_codes(kind), [], [], [])
+            vocab = _Vocab(flags, flag_other, apps, packet_model.n_codes(kind), [], [], [], cond)
             app_id = vocab.app_ids(app_of_flow).astype(np.int64)
             stride = int(length.max()) + 1
             pair, cnt = np.unique(app_id * stride + length, return_counts=True)
@@ -254,6 +338,7 @@ class FlowModel:
             raise NecstError("cannot fit a flow model on a dataset without packets")
         flow_app = None if flows is None else pd.Series(flows["app"].astype(object).to_numpy(),
                                                         index=flows["flow_id"].to_numpy())
+        flow_proto = self._flow_protos(pf, flows)
         later = pf["flow_pos"].to_numpy() > 0
         self.gap_edges_ = self._gap_edges(pf["gap_s"].to_numpy(np.float64)[later])
         keras.utils.set_random_seed(self.seed)
@@ -267,7 +352,10 @@ class FlowModel:
             rows = pf[kinds == kind]
             if len(rows) == 0:
                 continue
-            tok, vocab = self._tokens(rows, flow_app, kind, packet_model, None)
+            if kind == "noflow" and flow_proto is not None:
+                tok, vocab = self._tokens(rows, flow_proto, kind, packet_model, None, cond="proto")
+            else:
+                tok, vocab = self._tokens(rows, flow_app, kind, packet_model, None)
             self.vocab_[kind] = vocab
             keras.utils.set_random_seed(self.seed + ki)
             model = self._build(vocab)
@@ -434,9 +522,11 @@ class FlowModel:
                 raise NecstError(f"flow model has no {kind!r} flows")
             v = self.vocab_[kind]
             pick = rng.permutation(_systematic(v.cond_count.astype(float), int(k), rng))
-            parts.append(pd.DataFrame({"kind": kind, "app": np.array(v.apps, dtype=object)[v.cond_app[pick]],
-                                       "packets": v.cond_packets[pick]}))
-        out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["kind", "app", "packets"])
+            label = np.array(v.apps, dtype=object)[v.cond_app[pick]]
+            by_proto = v.cond == "proto"
+            parts.append(pd.DataFrame({"kind": kind, "app": NOFLOW_APP if by_proto else label,
+                                       "proto": label if by_proto else None, "packets": v.cond_packets[pick]}))
+        out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["kind", "app", "proto", "packets"])
         out["size_class"] = size_class(out["packets"].to_numpy(np.int64))
         return out
 
@@ -446,7 +536,9 @@ class FlowModel:
         ``requests``: columns ``kind``, ``app``, and ``packets`` (the flow's packet count, which
         conditions the model; it learned to place the teardown before the end) or ``size_class``
         (a count is then drawn from the training flows of that class); optional ``max_packets``
-        cuts a flow short. A flow has exactly its count (``end_at_count``, the default: the count
+        cuts a flow short; optional for noflow flows: ``proto`` (a ``noflow_proto`` label, as
+        ``sample_requests`` gives) or ``craft_kind`` (icmp, arp), else the protocol is drawn from
+        the training mix at the flow's count. A flow has exactly its count (``end_at_count``, the default: the count
         is what the aggregate level planned, and the model knows the packets remaining at each
         step, so its end-of-flow head only echoes it); with ``end_at_count=False`` it also
         stops where the end-of-flow head says so. Columns out: ``flow``
@@ -501,6 +593,9 @@ class FlowModel:
             m = pd.to_numeric(requests["max_packets"], errors="coerce").to_numpy(np.float64)
             cap = np.where(np.isnan(m), cap, np.maximum(np.nan_to_num(m, nan=1.0), 1).astype(np.int64))
         req["max_packets"] = cap
+        for col in ("proto", "craft_kind"):  # what a noflow flow is (see _Vocab.proto_ids)
+            if col in requests.columns:
+                req[col] = requests[col].to_numpy(dtype=object)
         return req
 
     def _net(self, kind: str) -> StepNet:
@@ -537,12 +632,15 @@ class FlowModel:
     def _sample_kind(self, kind, ki, req, flow_ids, packet_model, seed) -> dict:
         """One kind's packets, flow by flow: column -> numpy array, or ``_Labels`` for text columns."""
         v = self.vocab_[kind]
-        app = v.app_ids(req["app"].to_numpy())
         size = req["size_class"].to_numpy().astype(np.int32)
         target = req["packets"].to_numpy(np.int64).copy()
         if (target == 0).any():
             todo = target == 0
             target[todo] = v.packets_for(size[todo], np.random.default_rng([seed, ki, 7]))
+        if v.cond == "proto":
+            app = v.proto_ids(req, target, np.random.default_rng([seed, ki, 8]))
+        else:
+            app = v.app_ids(req["app"].to_numpy())
         cap = np.minimum(target, req["max_packets"].to_numpy())
         from threadpoolctl import threadpool_limits
 
