@@ -91,6 +91,9 @@ def explicit_fields(n: int, *, ts_ns, kind, src_ip, dst_ip, src_mac, dst_mac, sp
         "icmp_id": (arr(icmp_id, np.int64) & 0xFFFF).astype(np.uint16),
         "icmp_seq": (arr(icmp_seq, np.int64) & 0xFFFF).astype(np.uint16),
         "app": np.zeros(n, np.int16), "first_in_dir": np.zeros(n, bool),
+        # link-local message fields (IGMP, EAPOL, LLC, ICMPv6 control): unused by tcp, udp and icmp
+        "sub": np.zeros(n, np.uint8), "msg_len": np.zeros(n, np.uint16), "pad": np.zeros(n, np.uint8),
+        "nonce": np.zeros(n, np.uint64), "rank": np.zeros(n, np.int64),
     }
     return PacketFields(cols, ["unknown"], {})
 
