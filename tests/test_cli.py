@@ -14,12 +14,19 @@ from test_reader import TCP_PKT, TS
 runner = CliRunner()
 
 
-def test_help_never_imports_tensorflow():
+def heavy_modules_after(invocations: list[list[str]], then: str = "") -> list[str]:
+    """Heavy modules a fresh interpreter holds after running these CLI invocations (and ``then``)."""
     code = ("import sys; from typer.testing import CliRunner; from necst.cli import app; r = CliRunner();"
-            "[r.invoke(app, [c, '--help']) for c in ('process', 'evaluate', 'detect')];"
-            "r.invoke(app, ['--help']); print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+            f"[r.invoke(app, a) for a in {invocations!r}]; {then or 'pass'};"
+            "print(' '.join(sorted(m for m in ('pandas', 'pydantic', 'tensorflow', 'keras', 'scapy')"
+            " if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False False"
+    return out.split()
+
+
+def test_help_never_imports_tensorflow():
+    held = heavy_modules_after([[c, "--help"] for c in ("process", "evaluate", "detect")] + [["--help"]])
+    assert "tensorflow" not in held and "keras" not in held
 
 
 def test_every_subcommand_has_help():
@@ -30,12 +37,8 @@ def test_every_subcommand_has_help():
 
 
 def test_process_command_stays_light():
-    """`necst process` pays for numpy and pyarrow only: no pandas, pydantic or TensorFlow at import."""
-    code = ("import sys; from typer.testing import CliRunner; from necst.cli import app;"
-            "CliRunner().invoke(app, ['process', '--help']); import necst.process.dataset;"
-            "print(sorted(m for m in ('pandas', 'pydantic', 'tensorflow', 'scapy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    """`necst process` pays for numpy and pyarrow only: no pandas, pydantic, Scapy or TensorFlow."""
+    assert heavy_modules_after([["process", "--help"]], then="import necst.process.dataset") == []
 
 
 @pytest.mark.parametrize("content", [b"", b"not a capture at all", b"\xd4\xc3\xb2\xa1\x02\x00"])
