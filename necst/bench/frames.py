@@ -28,29 +28,33 @@ from necst.generate.craft import KINDS, PacketFields, build_frames
 ETH_LEN, IP4_LEN, TCP_LEN, UDP_LEN = 14, 20, 20, 8
 
 
-def ip_bytes(values) -> np.ndarray:
-    """IPv4 strings -> (n, 16) bytes (address in the first 4, as the crafter holds them)."""
+def _parse_each_unique(values, width: int, parse, what: str) -> np.ndarray:
+    """(n, width) bytes: ``parse`` (text -> bytes) runs once per distinct value."""
     values = np.asarray(values).astype(str)
     uniq, inv = np.unique(values, return_inverse=True)
-    out = np.zeros((len(uniq), 16), np.uint8)
+    out = np.zeros((len(uniq), width), np.uint8)
     for i, s in enumerate(uniq):
         try:
-            out[i, :4] = np.frombuffer(ipaddress.IPv4Address(s).packed, np.uint8)
+            raw = parse(s)
         except ValueError:
-            raise NecstError(f"bench: not an IPv4 address: {s!r}") from None
+            raise NecstError(f"bench: not {what}: {s!r}") from None
+        out[i, :len(raw)] = np.frombuffer(raw, np.uint8)
     return out[inv.ravel()]
+
+
+def ip_bytes(values) -> np.ndarray:
+    """IPv4 strings -> (n, 16) bytes (address in the first 4, as the crafter holds them)."""
+    return _parse_each_unique(values, 16, lambda s: ipaddress.IPv4Address(s).packed, "an IPv4 address")
 
 
 def mac_bytes(values) -> np.ndarray:
-    values = np.asarray(values).astype(str)
-    uniq, inv = np.unique(values, return_inverse=True)
-    out = np.zeros((len(uniq), 6), np.uint8)
-    for i, s in enumerate(uniq):
-        try:
-            out[i] = np.frombuffer(bytes.fromhex(s.replace(":", "").replace("-", "")), np.uint8)
-        except ValueError:
-            raise NecstError(f"bench: not a MAC address: {s!r}") from None
-    return out[inv.ravel()]
+    def parse(s: str) -> bytes:
+        raw = bytes.fromhex(s.replace(":", "").replace("-", ""))
+        if len(raw) != 6:
+            raise ValueError(s)
+        return raw
+
+    return _parse_each_unique(values, 6, parse, "a MAC address")
 
 
 def explicit_fields(n: int, *, ts_ns, kind, src_ip, dst_ip, src_mac, dst_mac, sport=0, dport=0, tcp_flags=0,
