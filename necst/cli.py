@@ -206,8 +206,9 @@ def evaluate(
                    f"{s['within_2x']}/{s['metrics_with_ratio']} metrics within 2x")
     for key, d in result.report["discriminator"].items():
         if d and d.get("auc") is not None:
+            tells = ", ".join(f"{c} {a:.2f}" for c, a in list(d.get("tells", {}).items())[:3])
             typer.echo(f"discriminator ROC AUC, reference vs {key}: {d['auc']:.3f} "
-                       f"(0.5 = indistinguishable)")
+                       f"(0.5 = indistinguishable)" + (f"; alone: {tells}" if tells else ""))
     typer.echo(f"report -> {out / 'report.html'} ({time.perf_counter() - started:.1f} s)")
 
 

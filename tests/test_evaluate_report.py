@@ -144,6 +144,34 @@ def test_discriminator_separates_what_differs_and_not_what_does_not(real, real_o
     assert differs["discriminator_auc"] > 0.99  # every packet longer than any real one
 
 
+def test_discriminator_names_the_feature_that_differs(real):
+    from necst.evaluate.discriminator import discriminator_auc
+
+    a = ev.prepare(*real).flow_features
+    b = ev.prepare(*make_traffic(300, seed=0, extra_len=1500)).flow_features
+    d = discriminator_auc(a, b, seed=0)
+    assert list(d["tells"]) == sorted(d["tells"], key=lambda c: -d["tells"][c])
+    assert d["tells"]["mean_packet_bytes"] > 0.99
+    assert d["tells"]["dst_port"] < 0.6  # the same flows, only longer packets
+
+
+def test_open_flows_look_alike_whatever_ended_their_file():
+    """A flow nobody closed is "open" to the discriminator, whether its capture file ended it
+    (eof), the idle timeout did, or the active one; FIN and RST stay apart."""
+    import pandas as pd
+
+    from necst.evaluate.views import closing
+
+    reasons = pd.Series(["eof", "idle", "active", "fin", "rst", None])
+    assert closing(reasons).tolist() == ["open", "open", "open", "fin", "rst", None]
+    p, f = make_traffic(300, seed=0, handshake=False)
+    eof = f.set_column(f.schema.get_field_index("end_reason"), "end_reason",
+                       pa.array(["eof"] * f.num_rows).dictionary_encode()
+                       .cast(f.schema.field("end_reason").type))
+    a, b = ev.prepare(p, f).flow_features, ev.prepare(p, eof).flow_features
+    assert (a["end_reason"] == b["end_reason"]).all()
+
+
 def test_discriminator_is_seeded(real, real_other):
     from necst.evaluate.discriminator import discriminator_auc
 

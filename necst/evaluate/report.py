@@ -98,6 +98,21 @@ img{max-width:100%;margin:0.5em 0;border:1px solid #ddd}
 """
 
 
+def _tells_table(discriminator: dict) -> list[str]:
+    """Each flow feature's AUC alone, one column per comparison, in the first one's order."""
+    tells = {k: d["tells"] for k, d in discriminator.items() if d and d.get("tells")}
+    if not tells:
+        return []
+    names = list(tells)
+    h = ["<h3>Each feature alone (what gives a sample away)</h3><table><tr><th>feature</th>"
+         + "".join(f"<th>{html.escape(k)}</th>" for k in names) + "</tr>"]
+    for feature in tells[names[0]]:
+        h.append(f"<tr><td class='l'>{html.escape(feature)}</td>"
+                 + "".join(f"<td>{_fmt(tells[k].get(feature))}</td>" for k in names) + "</tr>")
+    h.append("</table>")
+    return h
+
+
 def render_html(report: dict, pngs: dict[str, bytes]) -> str:
     cols = [k for k in ("synthetic", "floor", "baseline") if k in report["sizes"]]
     has_ratio = "floor" in cols
@@ -154,7 +169,9 @@ def render_html(report: dict, pngs: dict[str, bytes]) -> str:
         if d:
             h.append(f"<tr><td class='l'>{k}</td><td>{_fmt(d['auc'])}</td>"
                      f"<td>{_fmt(d['auc_std'])}</td><td>{d['flows_per_side']:,}</td></tr>")
-    h.append("</table><h2>Plots</h2>")
+    h.append("</table>")
+    h.extend(_tells_table(report["discriminator"]))
+    h.append("<h2>Plots</h2>")
     for name, data in pngs.items():
         b64 = base64.b64encode(data).decode("ascii")
         h.append(f"<div><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'></div>")

@@ -291,7 +291,21 @@ def flow_features(f: pd.DataFrame) -> pd.DataFrame:
         out["mean_packet_bytes"] = out["bidirectional_bytes"] / out["bidirectional_packets"]
     if "handshake" in f.columns:
         out["handshake"] = _num(f["handshake"].astype("Float64"))
-    for col in ("kind", "app", "end_reason"):
+    for col in ("kind", "app"):
         if col in f.columns:
             out[col] = f[col].astype(object).where(f[col].notna(), None).to_numpy()
+    if "end_reason" in f.columns:
+        out["end_reason"] = closing(f["end_reason"])
     return out
+
+
+def closing(end_reason: pd.Series) -> np.ndarray:
+    """How the traffic itself ended a flow: "fin", "rst", or "open" for a flow nobody closed.
+
+    An open flow ends "idle", "active" or "eof" according to where its capture file was cut and
+    how long it ran: a dataset of many short captures ends most of them "eof", one long
+    synthetic capture ends the same flows "idle". That difference is about files, not traffic,
+    and alone it told synthetic flows apart at AUC 0.90, so the discriminator does not see it.
+    """
+    v = end_reason.astype(object).where(end_reason.notna(), None).to_numpy()
+    return np.where(np.isin(v, ("fin", "rst")), v, np.where(pd.isna(v), None, "open"))
