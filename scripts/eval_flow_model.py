@@ -23,12 +23,13 @@ With --validate the held-out part is not read: the training part is cut again pe
 
 usage: PYTHONPATH=. python scripts/eval_flow_model.py [--train DIR] [--heldout DIR]
        [--packet-model length|train|BUNDLE] [--epochs N] [--seed S] [--save DIR] [--time-data DIR]
-       [--validate] [--prev-in-heads 0|1] [--noise-reps N] [--sample-seeds K]
+       [--validate] [--prev-in-heads 0|1] [--rem-exact N] [--noise-reps N] [--sample-seeds K]
 Datasets are made from ../shared/tools/iot_split.py when the folders do not exist.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -231,6 +232,8 @@ def main() -> None:
     ap.add_argument("--code-pool", type=int, default=None,
                     help="packet draws kept per packet-model code when sampling (0: decode every packet)")
     ap.add_argument("--prev-in-heads", type=int, default=1, help="1: architecture v2, 0: v1")
+    ap.add_argument("--rem-exact", type=int, default=FlowModel().rem_exact,
+                    help="packets remaining known exactly below this (16: before session 4)")
     ap.add_argument("--noise-reps", type=int, default=20,
                     help="bootstrap replicates for the noise level of each ratio (0: skip)")
     ap.add_argument("--sample-seeds", type=int, default=5,
@@ -248,7 +251,7 @@ def main() -> None:
     print(f"train {train.packets.num_rows} packets, held-out {held.packets.num_rows}; packet model: {pm_name}")
 
     cpu0 = time.process_time()
-    fm = FlowModel.load(a.load) if a.load else FlowModel(epochs=a.epochs, seed=a.seed,
+    fm = FlowModel.load(a.load) if a.load else FlowModel(epochs=a.epochs, seed=a.seed, rem_exact=a.rem_exact,
                                                             prev_in_heads=bool(a.prev_in_heads)).fit(train, pm)
     fit_cpu = time.process_time() - cpu0
     if a.code_pool is not None:
@@ -327,17 +330,20 @@ def main() -> None:
     t, c = time.perf_counter(), time.process_time()
     s10 = fm.sample(req10, pm, seed=a.seed + 2)
     print(f"sample 10,000 flows ({len(s10)} packets): {time.perf_counter() - t:.2f} s, "
-          f"CPU {time.process_time() - c:.2f} s")
+          f"CPU {time.process_time() - c:.2f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if a.time_data:
         big = load_dataset(a.time_data)
         pm_big = pm if a.packet_model != "length" else load_packet_model("length", big)[0]
-        fb = FlowModel(epochs=a.epochs, seed=a.seed).fit(big, pm_big)
+        cpu_b = time.process_time()
+        fb = FlowModel(epochs=a.epochs, seed=a.seed, rem_exact=a.rem_exact).fit(big, pm_big)
+        cpu_b = time.process_time() - cpu_b
         print(f"train all on {a.time_data} ({big.packets.num_rows} packets): {fb.fit_seconds_:.1f} s ("
               + ", ".join(f"{k} {h['seconds']:.0f} s / {len(h['loss'])} epochs" for k, h in fb.history_.items())
-              + ")")
-        t = time.perf_counter()
+              + f"), CPU {cpu_b:.1f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        t, c = time.perf_counter(), time.process_time()
         fb.sample(fb.sample_requests(10_000, seed=3), pm_big, seed=3)
-        print(f"sample 10,000 flows from that model: {time.perf_counter() - t:.2f} s (first call)")
+        print(f"sample 10,000 flows from that model: {time.perf_counter() - t:.2f} s, CPU {time.process_time() - c:.2f} s"
+              " (first call)")
 
 
 if __name__ == "__main__":

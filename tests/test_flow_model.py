@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from necst.errors import NecstError
-from necst.model.flow import FlowModel, _pos_bucket, flow_structure, noflow_proto, size_class
+from necst.model.flow import FlowModel, _pos_bucket, flow_structure, n_buckets, noflow_proto, size_class
 from necst.model.length_codes import LengthCodes
 
 
@@ -164,6 +164,31 @@ def test_size_classes_and_positions():
     assert list(size_class([0, 1, 2, 7, 8, 10**6])) == [0, 0, 1, 5, 6, 26]
     b = _pos_bucket(np.array([0, 15, 16, 31, 32, 10**9]))
     assert list(b[:3]) == [0, 15, 16] and b[3] == 16 and b[4] == 17 and b[5] == 39
+    from necst.model.flow import N_POS
+
+    assert n_buckets(16) == N_POS
+    # packets remaining: exact below rem_exact, then one bucket per power of two
+    b = _pos_bucket(np.array([0, 37, 63, 64, 127, 128, 10**9]), 64)
+    assert list(b) == [0, 37, 63, 64, 64, 65, n_buckets(64) - 1] and n_buckets(64) == 86
+    with pytest.raises(NecstError, match="rem_exact"):
+        FlowModel(rem_exact=48).fit(make_features(n_tcp=4, n_udp=0, n_noflow=0), LengthCodes(n_bins=4))
+
+
+def test_bundle_without_rem_exact_loads_with_the_old_buckets(trained, tmp_path, monkeypatch):
+    """Bundles saved before ``rem_exact`` was a setting bucketed the packets remaining from 16 on."""
+    from necst.bundle import BundleWriter, load
+
+    pf, pm, _ = trained
+    fm = FlowModel(units=8, window=32, epochs=2, batch_size=64, val_fraction=0.0, rem_exact=16).fit(pf, pm)
+    old_config = {k: v for k, v in FlowModel.get_config(fm).items() if k != "rem_exact"}
+    monkeypatch.setattr(fm, "get_config", lambda: old_config)
+    w = BundleWriter(tmp_path / "b", "generator", {"levels": ["flow"]})
+    fm.write_to(w)
+    w.commit()
+    back = FlowModel.read_from(load(tmp_path / "b", kind="generator"))
+    assert back.rem_exact == 16
+    req = pd.DataFrame({"kind": "tcp", "app": "http", "packets": [21] * 20 + [17] * 20})
+    pd.testing.assert_frame_equal(fm.sample(req, pm, seed=2), back.sample(req, pm, seed=2))
 
 
 def test_flow_structure_on_hand_made_flows():

@@ -10,6 +10,12 @@ count. A step is factored so that its parts agree with each other:
     direction | h  ->  flags | h, direction  ->  packet code | h, direction, flags
     ->  time-gap bin | h, direction, flags, code  ->  last packet? | all of them
 
+The packets remaining (``rem``) are known exactly up to ``rem_exact`` (64; then by powers of
+two), so a flow's first packet already knows its exact length: IoT devices repeat fixed
+sessions (a TLS session of exactly 25 packets that ends "PSH+ACK FIN+ACK RST RST"), and with
+buckets of 16-31 and 32-63 remaining the first packets were drawn from the mix of all those
+lengths' sessions, whose teardowns then no longer fitted the length asked for.
+
 The packet code is the packet model's discrete description (``packet_model.encode``); the
 gap is a categorical over log-spaced bins, sampled log-uniformly within its bin, so the
 spread of gaps is kept rather than collapsed to a mean.
@@ -82,10 +88,18 @@ def noflow_proto(ethertype, ip_proto) -> np.ndarray:
     return out
 
 
-def _pos_bucket(pos: np.ndarray) -> np.ndarray:
+def _pos_bucket(pos: np.ndarray, exact: int = 16) -> np.ndarray:
+    """Positions (or packets remaining) below ``exact`` as themselves, then one bucket per power
+    of two, ``n_buckets(exact)`` in all (``exact`` a power of two; 16 gives the N_POS buckets)."""
     pos = np.asarray(pos, dtype=np.int64)
-    big = 16 + np.floor(np.log2(np.maximum(pos, 16))).astype(np.int64) - 4
-    return np.where(pos < 16, pos, np.minimum(big, N_POS - 1)).astype(np.int32)
+    shift = int(np.log2(exact))
+    big = exact + np.floor(np.log2(np.maximum(pos, exact))).astype(np.int64) - shift
+    return np.where(pos < exact, pos, np.minimum(big, n_buckets(exact) - 1)).astype(np.int32)
+
+
+def n_buckets(exact: int) -> int:
+    """How many buckets ``_pos_bucket`` uses: up to 2**28 packets."""
+    return int(exact) + 28 - int(np.log2(exact))
 
 
 def _gap_bins(gap_s: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -189,17 +203,19 @@ class FlowModel:
                  learning_rate: float = 3e-3, n_gap_bins: int = 128, min_flag_count: int = 3,
                  max_flags: int = 32, min_app_count: int = 5, val_fraction: float = 0.1,
                  patience: int = 4, prev_in_heads: bool = True, end_at_count: bool = True,
-                 code_pool: int = 256, seed: int = 0, verbose: bool = False):
+                 code_pool: int = 256, rem_exact: int = 64, seed: int = 0, verbose: bool = False):
         self.units, self.window, self.epochs, self.batch_size = units, window, epochs, batch_size
         self.learning_rate, self.n_gap_bins = learning_rate, n_gap_bins
         self.min_flag_count, self.max_flags, self.min_app_count = min_flag_count, max_flags, min_app_count
         self.val_fraction, self.patience, self.seed, self.verbose = val_fraction, patience, seed, verbose
         self.prev_in_heads, self.end_at_count, self.code_pool = prev_in_heads, end_at_count, code_pool
+        self.rem_exact = rem_exact
 
     def get_config(self) -> dict:
         return {k: getattr(self, k) for k in (
             "units", "window", "epochs", "batch_size", "learning_rate", "n_gap_bins", "min_flag_count",
-            "max_flags", "min_app_count", "val_fraction", "patience", "prev_in_heads", "end_at_count", "code_pool", "seed")}
+            "max_flags", "min_app_count", "val_fraction", "patience", "prev_in_heads", "end_at_count", "code_pool",
+            "rem_exact", "seed")}
 
     # -- data -----------------------------------------------------------------------------
 
@@ -322,7 +338,7 @@ class FlowModel:
         b["last"] = tok["last"][idx].astype(np.float32)
         b["app"], b["size"] = tok["app"][idx], tok["size"][idx]
         b["pos"] = _pos_bucket(tok["pos"][idx])
-        b["rem"] = _pos_bucket(tok["rem"][idx])
+        b["rem"] = _pos_bucket(tok["rem"][idx], self.rem_exact)
         return b
 
     # -- fitting --------------------------------------------------------------------------
@@ -333,6 +349,8 @@ class FlowModel:
         import tensorflow as tf
 
         t0 = time.perf_counter()
+        if self.rem_exact < 16 or self.rem_exact & (self.rem_exact - 1):
+            raise NecstError(f"rem_exact must be a power of two from 16, not {self.rem_exact}")
         pf, flows = self._features(dataset)
         if len(pf) == 0:
             raise NecstError("cannot fit a flow model on a dataset without packets")
@@ -387,7 +405,7 @@ class FlowModel:
         cond = [L.Embedding(len(vocab.apps), 4, name="e_app")(inp["app"]),
                 L.Embedding(len(SIZE_EDGES), 8, name="e_size")(inp["size"]),
                 L.Embedding(N_POS, 8, name="e_pos")(inp["pos"]),
-                L.Embedding(N_POS, 8, name="e_rem")(inp["rem"])]
+                L.Embedding(n_buckets(self.rem_exact), 8, name="e_rem")(inp["rem"])]
         emb = {"dir": e_dir, "flag": e_flag, "code": e_code, "gap": e_gap}
         arch = self._arch()
         parts = dict(zip(("app", "size", "pos", "rem"), cond))
@@ -621,7 +639,7 @@ class FlowModel:
         """
         v = self.vocab_[kind]
         rng = np.random.default_rng([seed, ki, 1])
-        rem_lut = _pos_bucket(np.arange(int(target.max()) + 1))
+        rem_lut = _pos_bucket(np.arange(int(target.max()) + 1), self.rem_exact)
         pos_lut = _pos_bucket(np.arange(int(cap.max())))
         bos = {"dir": 2, "flag": len(v.flags), "code": v.n_codes, "gap": self.n_gap_bins}
         length, tok = self._walker(kind).walk(app, size, target, cap, self.window, rng, pos_lut, rem_lut, bos)
@@ -734,6 +752,7 @@ class FlowModel:
                               bundle.path)
         try:
             config = {k: v for k, v in meta["config"].items() if k in cls().get_config()}
+            config.setdefault("rem_exact", 16)  # bundles from before it was a setting
             model = cls(**config)
             arrays = bundle.arrays("flow_arrays.npz")
             model.gap_edges_ = np.asarray(arrays["gap_edges"], dtype=np.float64)
