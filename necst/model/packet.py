@@ -581,7 +581,8 @@ class PacketModel:
                 raise NecstError(f"{kind} codes must lie in 0..{lc.n_codes - 1}")
             comp = lc.comp[codes]
         Z = self.mixtures_[self.mixture_for_[kind]].sample_components(comp, rng)
-        out = self._decode(Z, np.full(len(codes), kind, dtype=object), None, rng, strata=comp)
+        out = self._decode(Z, np.full(len(codes), kind, dtype=object), None, rng, strata=comp,
+                           skip=() if lc is None else ("hdr_len", "payload_len_bin"))
         if lc is not None and len(codes):
             hdr, pbin = lc.draw(codes, stratified_uniforms(codes, rng))
             payload = self.bins_["payload_len"].draw(pbin, rng)
@@ -638,8 +639,8 @@ class PacketModel:
 
     def _draw_heads(self, scores: np.ndarray, kinds: np.ndarray, strata: np.ndarray | None,
                     rng: np.random.Generator, positions: np.ndarray | None = None,
-                    codes: np.ndarray | None = None) -> None:
-        """Draw each categorical head (kind aside) from its scores in place: the chosen value
+                    codes: np.ndarray | None = None, skip: Sequence[str] = ()) -> None:
+        """Draw each categorical head (kind and ``skip`` aside) from its scores in place: the chosen value
         gets score 0, the others -inf, so the spec's argmax decodes it. The distribution per
         row is the softmax of the scores over the values the spec may decode for the row's
         kind (what Gumbel-max over them gave); the rows are drawn together by systematic
@@ -664,7 +665,7 @@ class PacketModel:
             code_rows = [(c, by_code[a:b]) for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
                          if b - a >= RAKE_MIN_ROWS]
         for c in spec._cat:
-            if c["name"] == "kind":
+            if c["name"] == "kind" or c["name"] in skip:
                 continue
             sl = by_name[c["name"]].slice
             width = sl.stop - sl.start
@@ -716,9 +717,11 @@ class PacketModel:
             scores[np.arange(n), sl.start + chosen] = 0.0
 
     def _decode(self, Z: np.ndarray, kinds: np.ndarray, positions: np.ndarray | None,
-                rng: np.random.Generator, strata: np.ndarray | None = None) -> pd.DataFrame:
+                rng: np.random.Generator, strata: np.ndarray | None = None,
+                skip: Sequence[str] = ()) -> pd.DataFrame:
         """Latent points -> packet fields in real units, with the guarantees of the docstring.
-        ``strata``: rows that share a value (group, mixture component) are drawn together."""
+        ``strata``: rows that share a value (group, mixture component) are drawn together;
+        ``skip``: heads the caller replaces (decoded by argmax, not drawn)."""
         spec = self.spec_
         n = len(Z)
         probs = activate(self.decoder_(Z), self._n_cont(), self._cat_slices())
@@ -757,7 +760,7 @@ class PacketModel:
                             scores[rows, sl] = block
         if self.decode == "sample":
             self._draw_heads(scores, kinds, strata, rng, positions,
-                             codes=strata if positions is None else None)
+                             codes=strata if positions is None else None, skip=skip)
         df = spec.inverse_transform(scores)
         df["kind"] = kinds.astype(str)
         hdr = df["hdr_len"].to_numpy(dtype=np.int64)
