@@ -35,7 +35,10 @@ model's LSTM then picks the length class packet by packet, so a flow's sizes sta
 components alone as codes (bundles written before, or ``code_min_packets=0``) a component mixed
 lengths (61 % empty and 17-1448 bytes in one TCP code) and each packet's length was drawn on its
 own. Decoding the real training packets' codes, TCP bytes per flow went from 2.1x the floor to
-1.09x (UDP 1.8x -> 1.24x; 139 / 130 / 47 codes for tcp / udp / noflow instead of 40 each).
+1.1x (UDP 1.8x -> 1.2x; 139 / 130 / 47 codes for tcp / udp / noflow instead of 40 each); the
+flow model trained on them samples TCP bytes per flow at 1.11x (was 2.26x), UDP 1.33x (1.82x).
+The cost is in the flow model's larger code head: about 25 % more CPU per sampled packet, and
+0.6 CPU-s more to decode its per-code pool once per process.
 
 Calibration (``calibrate=True``): per (kind, position), each categorical head gets log-weights
 fitted at training time (iterative proportional fitting over 20,000 latent draws of that group's
