@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from necst.errors import NecstError
+from necst.model.length_codes import LengthClassCodes
 from necst.model.mixture import Mixture
 from necst.model.packet import (KINDS, OUTPUT_COLUMNS, PacketModel, QuantileBins, distances,
                                 fidelity_table, flow_positions)
@@ -104,7 +105,7 @@ def test_sampling_is_seeded(model):
 def test_discrete_interface(model, feats):
     for kind in KINDS:
         k = model.n_codes(kind)
-        assert 1 <= k <= SMALL["max_components"]
+        assert k >= model.mixtures_[model.mixture_for_[kind]].n_components  # each component keeps a code
         part = feats[feats["kind"] == kind]
         codes = model.encode(part, kind)
         assert codes.dtype == np.int64 and len(codes) == len(part)
@@ -114,7 +115,7 @@ def test_discrete_interface(model, feats):
         assert (out["wire_len"] == out["hdr_len"] + out["payload_len"]).all()
         pd.testing.assert_frame_equal(out, model.sample_codes(codes[:50], kind, seed=3))
     assert len(model.encode(feats.iloc[:0], "tcp")) == 0
-    with pytest.raises(NecstError, match="component codes"):
+    with pytest.raises(NecstError, match="codes must lie in"):
         model.sample_codes(np.array([model.n_codes("udp")]), "udp")
 
 
@@ -125,6 +126,68 @@ def test_codes_separate_what_the_packets_separate(model, feats):
     syn = set(codes[(tcp["flag_combo"] == "SYN").to_numpy()])
     data = pd.Series(codes[(tcp["flag_combo"] == "PSH+ACK").to_numpy()]).value_counts(normalize=True)
     assert data[~data.index.isin(syn)].sum() > 0.5
+
+
+def test_length_class_codes_pin_the_payload_bin(model, feats):
+    """A (component, payload bin) code decodes inside its own bin, with header lengths that its
+    own training packets had: the flow model's choice of code carries the length class."""
+    tcp = feats[feats["kind"] == "tcp"]
+    lc = model.length_codes_["tcp"]
+    codes = model.encode(tcp, "tcp")
+    asked = np.repeat(np.arange(lc.n_codes), 40)
+    out = model.sample_codes(asked, "tcp", seed=1)
+    assert (out["wire_len"] == out["hdr_len"] + out["payload_len"]).all()
+    got_bin = model.bins_["payload_len"].transform(out["payload_len"].to_numpy())
+    pinned = lc.pbin[asked] >= 0
+    assert (lc.pbin[codes] >= 0).mean() > 0.5  # most training packets have a code of their own bin
+    assert (got_bin[pinned] == lc.pbin[asked][pinned]).all()
+    for c in np.unique(codes):
+        own = set(tcp["hdr_len"].to_numpy()[codes == c])
+        assert set(out["hdr_len"].to_numpy()[asked == c]) <= own
+    # the data packets (payload 100-1400 bytes) spread over several codes, each a narrower range
+    data = (tcp["flag_combo"] == "PSH+ACK").to_numpy()
+    assert len(np.unique(codes[data])) >= 2
+
+
+def test_length_class_codes_table():
+    comp = np.repeat([0, 0, 1, 1, 2], [50, 5, 3, 40, 20])
+    pbin = np.repeat([2, 4, 1, 3, 0], [50, 5, 3, 40, 20])
+    hdr = np.repeat([66, 54, 66, 42, 42, 60], [25, 25, 5, 3, 40, 20])
+    lc = LengthClassCodes.fit(comp, pbin, hdr, n_components=4, n_bins=5, min_packets=10)
+    # (0, 2) kept + rest of 0; (1, 3) kept + rest of 1; (2, 0) kept, no rest; 3 has no packets: a rest code
+    assert list(lc.comp) == [0, 0, 1, 1, 2, 3] and list(lc.pbin) == [2, -1, 3, -1, 0, -1]
+    assert list(lc.encode([0, 0, 0, 1, 1, 2, 2, 3], [2, 4, 0, 3, 1, 0, 4, 2])) == [0, 1, 1, 2, 3, 4, 4, 5]
+    u = (np.arange(1000) + 0.5) / 1000
+    h, b = lc.draw(np.zeros(1000, dtype=np.int64), u)
+    assert (b == 2).all() and (h == 54).mean() == 0.5 and set(h) == {54, 66}
+    h, b = lc.draw(np.full(1000, 3), u)  # the rest of component 1: its 3 packets of bin 1
+    assert (b == 1).all() and (h == 42).all()
+    h, b = lc.draw(np.full(1000, 5), u)  # no packets: the kind's own mix
+    np.testing.assert_allclose(np.bincount(b, minlength=5), 1000 * np.array([20, 3, 50, 40, 5]) / 118, atol=1)
+    again = LengthClassCodes.from_arrays(lc.to_arrays("x_"), "x_")
+    np.testing.assert_array_equal(again.draw(np.arange(6), u[:6])[1], lc.draw(np.arange(6), u[:6])[1])
+    with pytest.raises(NecstError, match="do not agree"):
+        LengthClassCodes(lc.comp, lc.pbin[:-1], lc.lut, lc.entry_code, lc.entry_hdr, lc.entry_pbin,
+                         lc.entry_count)
+
+
+def test_models_without_length_class_codes_keep_component_codes(model, feats, tmp_path):
+    """Bundles written before length-class codes (or ``code_min_packets=0``) encode and decode
+    mixture components, as before."""
+    import copy
+
+    old = copy.copy(model)
+    old.length_codes_ = {}
+    loaded = PacketModel.load(old.save(tmp_path / "old"))
+    assert loaded.length_codes_ == {}
+    for kind in KINDS:
+        mix = loaded.mixtures_[loaded.mixture_for_[kind]]
+        part = feats[feats["kind"] == kind]
+        assert loaded.n_codes(kind) == mix.n_components
+        comp = mix.predict(loaded._latent(loaded.spec_.transform(loaded._with_bins(part))))
+        np.testing.assert_array_equal(loaded.encode(part, kind), comp)
+        out = loaded.sample_codes(comp[:30], kind, seed=2)
+        assert len(out) == 30 and (out["wire_len"] == out["hdr_len"] + out["payload_len"]).all()
 
 
 def test_numpy_forward_matches_keras(model, feats):
