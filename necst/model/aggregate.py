@@ -14,11 +14,15 @@ PacketTable):
   histograms draw all three from the mixture, the group by its share.
 - **Start times** (``start_model="sessions"``, the default). The capture is cut into sessions
   at silences over ``session_gap_s`` (the iot_sentinel training part: 41 captures over 147
-  days); a plan strings sessions in random order with the learned silences between them,
+  days); a plan (``session_order="calendar"``, the default) takes every session in calendar
+  order, each with its share of the flows asked for, with the learned silences between them,
   scaled so the capture's mean rate (flows over its whole span) is kept exactly; inside a
-  session, the gaps between flow starts are drawn from that session's own. Replaying the
-  calendar instead put the first 4,557 flows over 129 days of a sparse start, half the rate
-  (per-second metrics 13-21x the floor). ``start_model="curve"`` (bundles from before) replays
+  session, the gaps between flow starts are drawn from that session's own. So the plan is busy
+  when the capture was, compressed or stretched to the flows asked for. Replaying the calendar
+  from its start instead put the first 4,557 flows over 129 days of a sparse start, half the
+  rate (per-second metrics 13-21x the floor); ``session_order="random"`` (bundles from session
+  3) strings whole sessions in random order, which keeps each session but not the calendar's
+  shape (arrival-time EMD 2.4-3.3x the floor, against about 1x). ``start_model="curve"`` (bundles from before) replays
   the calendar: the capture's flow-start rate per bin (bins of at least one second, at most
   ``max_bins`` of them) is replayed, tiled when more time is asked for than was seen, and
   scaled by ``rate_scale``; inside a bin, flows come as a burst from where the real activity
@@ -178,11 +182,14 @@ class AggregateModel:
 
     def __init__(self, max_components: int = 4, max_bins: int = 2000, max_silence_s: float | None = None,
                  max_fit_rows: int = 20000, keep_addresses: bool = False, seed: int = 0,
-                 start_model: str = "sessions", session_gap_s: float = 3600.0):
+                 start_model: str = "sessions", session_gap_s: float = 3600.0, session_order: str = "calendar"):
         if start_model not in ("sessions", "curve"):
             raise NecstError(f"start_model must be 'sessions' or 'curve', not {start_model!r}")
         self.start_model = start_model
         self.session_gap_s = session_gap_s
+        if session_order not in ("calendar", "random"):
+            raise NecstError(f"session_order must be 'calendar' or 'random', not {session_order!r}")
+        self.session_order = session_order
         self.max_components = max_components
         self.max_fit_rows = max_fit_rows
         self.max_bins = max_bins
@@ -298,7 +305,45 @@ class AggregateModel:
         span = max((start[-1] - start[0]) / 1e9, 1.0)
         self.mean_rate_ = float(len(start) / span)
 
-    def _session_starts(self, n_flows, duration_s, rng, rate_scale) -> np.ndarray:
+    def _calendar_starts(self, n_flows, rng, rate_scale) -> np.ndarray:
+        """Start offsets (ns) for ``session_order="calendar"`` (the default): every learned session,
+        in the order the calendar had them, each with its share of the flows asked for (drawn
+        systematically, so the shares hold up to rounding) and its own gaps between flow starts;
+        the silences between sessions as learned, in order, scaled so that the capture's mean
+        rate (flows over its whole span, times ``rate_scale``) is kept. The capture's shape over
+        time (when it was busy, when quiet) is the training calendar's, compressed or stretched;
+        drawing whole sessions in random order (``"random"``) kept each session but not that shape
+        (arrival-time EMD 2.4-3.3x the floor). (A duration replays the calendar as learned
+        instead, see ``_session_starts``: an hour asked for is an hour of activity, not the whole
+        calendar squeezed into it.)"""
+        rate = self.mean_rate_ * rate_scale
+        want = int(n_flows)
+        if want <= 0:
+            return np.zeros(0, np.int64)
+        share = self.session_flows_.astype(float)
+        cum = np.cumsum(share) / share.sum()
+        pick = np.minimum(np.searchsorted(cum, (rng.random() + np.arange(want)) / want, side="right"), len(cum) - 1)
+        ks = np.bincount(pick, minlength=len(share)).astype(np.int64)
+        sid = np.repeat(np.arange(len(ks)), ks)
+        first = np.cumsum(ks) - ks
+        q = self.session_gap_q_
+        u = rng.random(want) * (q.shape[1] - 1)
+        i = np.minimum(u.astype(np.int64), q.shape[1] - 2)
+        gaps = (q[sid, i] + (u - i) * (q[sid, i + 1] - q[sid, i])) / rate_scale
+        used = np.flatnonzero(ks > 0)  # the sessions that got flows
+        gaps[first[used]] = 0.0
+        c = np.cumsum(gaps)
+        within = c - np.repeat(c[first[used]], ks[used])
+        # the real quiet time between each session that got flows and the next of them
+        durs = within[np.cumsum(ks)[used] - 1]
+        real_begin = np.concatenate([[0.0], np.cumsum(self.session_dur_s_[:-1] + self.silence_s_)])
+        quiet = np.maximum(np.diff(real_begin[used]) - self.session_dur_s_[used[:-1]], 0.0)
+        scale = max(want / rate - durs.sum(), 0.0) / quiet.sum() if quiet.sum() > 0 else 1.0
+        begin = np.zeros(len(ks))
+        begin[used] = np.concatenate([[0.0], np.cumsum(durs[:-1] + quiet * scale)])
+        return np.sort(np.rint((np.repeat(begin, ks) + within) * 1e9).astype(np.int64))
+
+    def _session_starts(self, n_flows, duration_s, rng, rate_scale, calendar: bool = False) -> np.ndarray:
         """Start offsets (ns) for ``start_model="sessions"``: the learned sessions in a seeded random
         order (each permutation used whole before the next), separated by the learned silences in
         random order; inside a session, gaps drawn from that session's own (its quantiles; bundles
@@ -307,7 +352,9 @@ class AggregateModel:
         included, is kept exactly, not left to which sessions were drawn. A duration lays
         sessions and silences as learned until it is covered (the mean rate in expectation; a
         short duration holds the start of one session) and cuts there. The order of sessions on
-        the calendar (and the time of day) is not kept."""
+        the calendar (and the time of day) is not kept, unless ``calendar``: then sessions follow
+        each other as on the calendar, with the silences that followed them, from a random one on
+        (the first again after the last)."""
         rate = self.mean_rate_ * rate_scale
         want = int(n_flows) if duration_s is None else 1 << 62
         if want <= 0:
@@ -317,14 +364,15 @@ class AggregateModel:
         sess, sil, pool = [], [], []
         total, covered = 0, 0.0
         while total < want and (duration_s is None or covered < duration_s):
-            for s in rng.permutation(len(k_all)):
+            for s in (np.roll(np.arange(len(k_all)), -int(rng.integers(len(k_all)))) if calendar
+                      else rng.permutation(len(k_all))):
                 k = int(np.floor(k_all[s]) + (rng.random() < k_all[s] % 1))
                 if k == 0:
                     continue
                 if not pool:  # silences in random order, each permutation used whole
                     pool = list(rng.permutation(silences))
                 sess.append((s, k))
-                sil.append(pool.pop())
+                sil.append(self.silence_s_[s] if calendar and s < len(self.silence_s_) else pool.pop())
                 total += k
                 covered += self.session_dur_s_[s] + sil[-1]
                 if total >= want or (duration_s is not None and covered >= duration_s):
@@ -463,6 +511,10 @@ class AggregateModel:
             raise NecstError("rate scale must be positive")
         rng = np.random.default_rng(seed)
         if self.start_model == "sessions" and hasattr(self, "session_flows_"):
+            if self.session_order == "calendar" and hasattr(self, "session_gap_q_"):
+                if duration_s is not None:  # the calendar as learned (not compressed), cut at the duration
+                    return self._session_starts(None, duration_s, rng, rate_scale, calendar=True)
+                return self._calendar_starts(n_flows, rng, rate_scale)
             return self._session_starts(n_flows, duration_s, rng, rate_scale)
         counts = self.rate_counts_.astype(float) * rate_scale
         width_ns = int(self.bin_s_ * 1e9)
@@ -569,7 +621,9 @@ class AggregateModel:
         flows merged into their predecessors, each merge one gap of up to two minutes inside a
         flow (gap and duration EMDs 3-5x the floor instead of 1-2x). A flow too close to the
         one before it of its key takes the start of a flow with a key of its own (a TCP flow,
-        say) where its key is free; the set of start times, and so every rate, is unchanged.
+        say) where its key is free, so the set of start times, and every rate, is unchanged; only
+        where no such start is left (a key as busy as DHCP's in a plan of many times the flows
+        learned from) is the flow delayed until its key is free.
         A flow's extent is the idle timeout plus its planned duration, doubled, or its group's
         longest (up to ``SEPARATE_MAX_S``) if longer: the flow model draws the duration anew."""
         n = len(plan)
@@ -600,7 +654,7 @@ class AggregateModel:
         prev_end = pd.Series(np.where(same, np.r_[np.iinfo(np.int64).min, end_s[:-1]], np.iinfo(np.int64).min)) \
             .groupby(grp).cummax().to_numpy()
         clash = order[same & (s_s < prev_end)]
-        if len(clash) == 0 or len(free) == 0:
+        if len(clash) == 0:
             return plan
         used = np.zeros(n, bool)
         members = {int(k): np.flatnonzero(key == k) for k in np.unique(key[clash])}
@@ -617,14 +671,21 @@ class AggregateModel:
 
             if not overlaps(start[i], start[i] + extent[i]):
                 continue  # an earlier move freed it
-            cand = free[rng.integers(0, len(free), 512)]
+            cand = free[rng.integers(0, len(free), 512)] if len(free) else free
             cand = cand[~used[cand]]
             ok = ~overlaps(start[cand], start[cand] + extent[i])
-            if not ok.any():
+            if ok.any():
+                j = int(cand[np.argmax(ok)])
+                used[j] = True
+                start[i], start[j] = start[j], start[i]
                 continue
-            j = int(cand[np.argmax(ok)])
-            used[j] = True
-            start[i], start[j] = start[j], start[i]
+            # no free start far enough from its key's other flows (a key as busy as DHCP's in a
+            # plan of many times the flows learned from): the flow waits until its key is free
+            later = np.sort(start[rows] + extent[rows])
+            later = later[later > start[i]]
+            fits = later[~overlaps(later, later + extent[i])]
+            if len(fits):
+                start[i] = fits[0]
         out = plan.assign(start_ns=start)
         return out.iloc[np.argsort(start, kind="stable")].reset_index(drop=True)
 
@@ -725,7 +786,8 @@ class AggregateModel:
         return {"max_components": self.max_components, "max_bins": self.max_bins, "max_silence_s": self.max_silence_s,
                 "max_fit_rows": self.max_fit_rows,
                 "keep_addresses": self.keep_addresses, "seed": self.seed,
-                "start_model": self.start_model, "session_gap_s": self.session_gap_s}
+                "start_model": self.start_model, "session_gap_s": self.session_gap_s,
+                "session_order": self.session_order}
 
     def write_to(self, writer) -> None:
         arrays = {"group_p": self.group_p_, "rate_counts": self.rate_counts_, "bin_offset_s": self.bin_offset_s_,
@@ -758,6 +820,7 @@ class AggregateModel:
         config = dict(meta["config"])
         if "session_flows" not in a:  # a bundle from before the session model replays its curve
             config["start_model"] = "curve"
+        config.setdefault("session_order", "random")  # bundles from before drew sessions in random order
         m = cls(**config)
         if "session_flows" in a:
             m.session_flows_, m.session_dur_s_ = a["session_flows"], a["session_dur_s"]
