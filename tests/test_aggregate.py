@@ -248,3 +248,18 @@ def test_calendar_order_keeps_the_captures_shape_over_time(dataset, model):
     old = AggregateModel(seed=0, session_order="random")
     old.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
     assert not old.sample(n_flows=500, seed=13)["start_ns"].equals(model.sample(n_flows=500, seed=13)["start_ns"])
+
+
+def test_pairs_are_drawn_among_those_with_flows_of_that_size(model):
+    """A long flow goes to a pair that had long flows in the capture (the few long flows carry a
+    quarter of the packets; on any pair of their group they moved per-packet address popularity)."""
+    from necst.model.aggregate import _size_bucket
+
+    plan = model.sample(n_flows=2000, seed=14)
+    P = model.pairs_
+    seen = set(zip(P["group"], P["size"], P["src"], P["dst"], P["dport"]))
+    key = {tuple(grp): i for i, grp in enumerate(model.groups_)}
+    g = [key[(k, a, c)] for k, a, c in zip(plan["kind"], plan["app"], plan["craft_kind"])]
+    got = set(zip(g, _size_bucket(plan["packets"].to_numpy()), plan["src_host"], plan["dst_host"], plan["dst_port"]))
+    assert got <= seen
+    assert len({z for _, z, *_ in got}) > 3  # several sizes
