@@ -636,15 +636,13 @@ class AggregateModel:
             return plan
         ck = plan["craft_kind"].to_numpy().astype(str)
         link = ~np.isin(ck, ("tcp", "udp"))
-        a = plan["src_ip"].to_numpy().astype(str)
-        b = plan["dst_ip"].to_numpy().astype(str)
-        a = np.where(link, np.char.add(np.char.add(a, "/"), plan["src_mac"].to_numpy().astype(str)), a)
-        b = np.where(link, np.char.add(np.char.add(b, "/"), plan["dst_mac"].to_numpy().astype(str)), b)
+        # a host is one address (and, in a plan, one MAC): host ids key as the meter's addresses do;
         # link-local kinds carry no ports (the plan's are unused)
-        a = np.where(link, a, np.char.add(np.char.add(a, ":"), plan["src_port"].to_numpy().astype(str)))
-        b = np.where(link, b, np.char.add(np.char.add(b, ":"), plan["dst_port"].to_numpy().astype(str)))
-        lo, hi = np.where(a < b, a, b), np.where(a < b, b, a)
-        key = pd.factorize(pd.Series(np.char.add(np.char.add(np.char.add(ck, "|"), lo), np.char.add("|", hi))))[0]
+        ends = [plan[h].to_numpy(np.int64) * 65536 + np.where(link, 0, plan[p].to_numpy(np.int64))
+                for h, p in (("src_host", "src_port"), ("dst_host", "dst_port"))]
+        kind_code = np.unique(ck, return_inverse=True)[1].reshape(-1)
+        table = np.column_stack([kind_code, np.minimum(*ends), np.maximum(*ends)])
+        key = np.unique(table, axis=0, return_inverse=True)[1].reshape(-1)
         start = plan["start_ns"].to_numpy(np.int64).copy()
         longest = np.minimum(np.expm1([float(m["hi"][2]) for m in self.gmm_]), SEPARATE_MAX_S)[g]
         extent = (np.maximum(np.nan_to_num(plan["duration_s"].to_numpy(float)) * 2, longest) + self.idle_s_) * 1e9
@@ -662,35 +660,44 @@ class AggregateModel:
         if len(clash) == 0:
             return plan
         used = np.zeros(n, bool)
-        members = {int(k): np.flatnonzero(key == k) for k in np.unique(key[clash])}
-        for i in clash:
-            rows = members[int(key[i])]
-            rows = rows[rows != i]
+        clash = clash[np.argsort(key[clash], kind="stable")]
+        for k in np.unique(key[clash]):
+            rows = np.flatnonzero(key == k)
             by = np.argsort(start[rows], kind="stable")
-            r_start = start[rows][by]
-            r_end = np.maximum.accumulate(start[rows][by] + extent[rows][by])  # latest end so far
+            rows = rows[by]  # the key's flows by start, kept sorted as flows move
 
-            def overlaps(s0, s1):  # does [s0, s1) meet another flow of the key?
-                k = np.searchsorted(r_start, s1, side="left")
-                return (k > 0) & (r_end[np.maximum(k - 1, 0)] > s0)
+            def overlaps(s0, s1, skip):  # does [s0, s1) meet a flow of the key other than row ``skip``?
+                keep = rows != skip
+                r_start = start[rows[keep]]
+                r_end = np.maximum.accumulate(r_start + extent[rows[keep]])  # latest end so far
+                j = np.searchsorted(r_start, s1, side="left")
+                return (j > 0) & (r_end[np.maximum(j - 1, 0)] > s0)
 
-            if not overlaps(start[i], start[i] + extent[i]):
-                continue  # an earlier move freed it
-            cand = free[rng.integers(0, len(free), 512)] if len(free) else free
-            cand = cand[~used[cand]]
-            ok = ~overlaps(start[cand], start[cand] + extent[i])
-            if ok.any():
-                j = int(cand[np.argmax(ok)])
-                used[j] = True
-                start[i], start[j] = start[j], start[i]
-                continue
-            # no free start far enough from its key's other flows (a key as busy as DHCP's in a
-            # plan of many times the flows learned from): the flow waits until its key is free
-            later = np.sort(start[rows] + extent[rows])
-            later = later[later > start[i]]
-            fits = later[~overlaps(later, later + extent[i])]
-            if len(fits):
-                start[i] = fits[0]
+            for i in clash[key[clash] == k]:
+                if not overlaps(start[i], start[i] + extent[i], i):
+                    continue  # an earlier move freed it
+                for size in (32, 512):  # a few candidates, more when the key is busy
+                    cand = free[rng.integers(0, len(free), size)] if len(free) else free
+                    cand = cand[~used[cand]]
+                    ok = ~overlaps(start[cand], start[cand] + extent[i], i)
+                    if ok.any():
+                        break
+                if ok.any():
+                    j = int(cand[np.argmax(ok)])
+                    used[j] = True
+                    start[i], start[j] = start[j], start[i]
+                else:
+                    # no free start far enough from its key's other flows (a key as busy as DHCP's
+                    # in a plan of many times the flows learned from): the flow waits for its key
+                    others = rows[rows != i]
+                    later = np.sort(start[others] + extent[others])
+                    later = later[later > start[i]]
+                    fits = later[~overlaps(later, later + extent[i], i)]
+                    if not len(fits):
+                        continue
+                    start[i] = fits[0]
+                rest = rows[rows != i]  # i moved: back into the key's flows, in start order
+                rows = np.insert(rest, np.searchsorted(start[rest], start[i], side="right"), i)
         out = plan.assign(start_ns=start)
         return out.iloc[np.argsort(start, kind="stable")].reset_index(drop=True)
 
