@@ -184,3 +184,82 @@ def test_same_seed_same_plan_and_save_load_round_trip(model, tmp_path):
     (path / "aggregate_model.json").write_text("{}")
     with pytest.raises(BundleError):
         AggregateModel.load(path)
+
+
+def test_packet_counts_come_from_each_groups_histogram_in_their_shares(dataset, model):
+    """Counts are the group's own (discrete: no count the group never had), and the (group, count)
+    cells come in their shares up to rounding, whatever the seed."""
+    flows = dataset.flows.to_pandas()
+    n = 3000
+    plan = model.sample(n_flows=n, seed=11)
+    for gi, (kind, app, ck) in enumerate(model.groups_):
+        m = model.gmm_[gi]
+        sel = (plan["kind"] == kind) & (plan["app"] == app) & (plan["craft_kind"] == ck)
+        assert set(plan.loc[sel, "packets"]) <= set(m["pk_values"].tolist())
+        expect = n * model.group_p_[gi]
+        assert abs(sel.sum() - expect) <= len(m["pk_values"]) + 1, (kind, app, sel.sum(), expect)
+    tcp = flows.loc[flows["kind"].astype(str) == "tcp", "bidirectional_packets"].to_numpy(float)
+    synth = plan.loc[plan["kind"] == "tcp", "packets"].to_numpy(float)
+    assert abs(synth.mean() / tcp.mean() - 1) < 0.15
+    assert len(set(plan["bytes"])) > 10  # bytes and durations still drawn (given the count)
+
+
+def _meter_key_gaps(plan):
+    """Per flow: from the planned end of the flow before it with the same meter key to its start."""
+    link = ~plan["craft_kind"].isin(["tcp", "udp"])
+    a = plan["src_ip"] + "/" + plan["src_mac"].where(link, "") + ":" + plan["src_port"].astype(str).where(~link, "")
+    b = plan["dst_ip"] + "/" + plan["dst_mac"].where(link, "") + ":" + plan["dst_port"].astype(str).where(~link, "")
+    key = plan["craft_kind"] + "|" + a.where(a < b, b) + "|" + b.where(a < b, a)
+    p = plan.assign(key=key, end=plan["start_ns"] + (plan["duration_s"] * 1e9).astype(np.int64))
+    return (p["start_ns"] - p.groupby("key")["end"].shift()).dropna()
+
+
+def test_flows_a_meter_keys_alike_stay_apart(model):
+    """Flows with the same meter key (DHCP's 0.0.0.0:68 -> 255.255.255.255:67 from every device,
+    ARP between one MAC pair) start at least the idle timeout after the one before ends; starts are
+    swapped between flows (their set is the one drawn) but for the few flows that wait for their key."""
+    raw = model.__class__.__new__(model.__class__)  # the same model without the separation
+    raw.__dict__.update({k: v for k, v in model.__dict__.items() if k != "idle_s_"})
+    learned = int(model.session_flows_.sum())
+    for n in (learned // 2, 3000):
+        plan = model.sample(n_flows=n, seed=12)
+        gaps = _meter_key_gaps(plan)
+        assert len(gaps) > 10 and (gaps >= model.idle_s_ * 1e9).all()
+        before = np.sort(raw.sample(n_flows=n, seed=12)["start_ns"].to_numpy())
+        assert (_meter_key_gaps(raw.sample(n_flows=n, seed=12)) < model.idle_s_ * 1e9).any()  # not vacuous
+        moved = np.setdiff1d(plan["start_ns"].to_numpy(), before)
+        assert len(moved) < 0.02 * n, (n, len(moved))
+
+
+def test_calendar_order_keeps_the_captures_shape_over_time(dataset, model):
+    """Sessions in calendar order, each with its share of the flows, silences scaled to the mean
+    rate: the plan is busy when the training capture was (arrival times as fractions of the span
+    agree), at the capture's mean rate."""
+    from necst.evaluate import emd
+
+    real = np.sort(dataset.flows.to_pandas()["first_seen_ns"].to_numpy(np.int64)).astype(float)
+    assert model.session_order == "calendar"
+    for n in (len(real) // 3, 2 * len(real)):
+        plan = model.sample(n_flows=n, seed=13)
+        s = plan["start_ns"].to_numpy(float)
+        frac = lambda t: (t - t.min()) / np.ptp(t)  # noqa: E731
+        assert emd(frac(real), frac(s)) < 0.08, n
+        assert abs(n / (np.ptp(s) / 1e9) / model.mean_rate_ - 1) < 0.05
+    old = AggregateModel(seed=0, session_order="random")
+    old.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
+    assert not old.sample(n_flows=500, seed=13)["start_ns"].equals(model.sample(n_flows=500, seed=13)["start_ns"])
+
+
+def test_pairs_are_drawn_among_those_with_flows_of_that_size(model):
+    """A long flow goes to a pair that had long flows in the capture (the few long flows carry a
+    quarter of the packets; on any pair of their group they moved per-packet address popularity)."""
+    from necst.model.aggregate import _size_bucket
+
+    plan = model.sample(n_flows=2000, seed=14)
+    P = model.pairs_
+    seen = set(zip(P["group"], P["size"], P["src"], P["dst"], P["dport"]))
+    key = {tuple(grp): i for i, grp in enumerate(model.groups_)}
+    g = [key[(k, a, c)] for k, a, c in zip(plan["kind"], plan["app"], plan["craft_kind"])]
+    got = set(zip(g, _size_bucket(plan["packets"].to_numpy()), plan["src_host"], plan["dst_host"], plan["dst_port"]))
+    assert got <= seen
+    assert len({z for _, z, *_ in got}) > 3  # several sizes

@@ -273,6 +273,27 @@ def test_link_kinds_read_back_as_igmp_eapol_llc_arp(tmp_path):
     assert t["eth_dst"].tolist()[13:15] == ["ff:ff:ff:ff:ff:ff"] * 2
 
 
+def test_arp_request_goes_to_the_flows_destination_mac(tmp_path):
+    """Unicast ARP (cache refreshes, half the real ARP flows) stays unicast both ways, so a flow
+    meter keys request and reply as one flow; a flow to the broadcast address goes one way."""
+    flows = pd.DataFrame(dict(kind=["arp", "arp"], src_ip=["10.0.0.2", "10.0.0.3"], dst_ip=["10.0.0.1", "10.0.0.1"],
+                              src_mac=["02:00:00:00:00:02", "02:00:00:00:00:03"],
+                              dst_mac=["02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff"], src_port=0, dst_port=0,
+                              ttl_src=64, ttl_dst=64, win_src=0, win_dst=0))
+    packets = pd.DataFrame(dict(flow=[0, 0, 1, 1], direction=[0, 1, 0, 1], tcp_flags=0, payload_len=0,
+                                ts_ns=T0 + np.arange(4) * 10**6))
+    f = plan_packets(packets, flows, seed=2)
+    assert f["direction"].tolist() == [0, 1, 0, 0]  # nobody answers from the broadcast address
+    path = write_capture(tmp_path / "a.pcap", [build_frames(f.take(f.time_order()))])
+    from necst.process.flows import assign_flows
+
+    table, metered = assign_flows(_read_back(path))
+    t = table.to_pandas()
+    assert t["eth_dst"].tolist() == ["02:00:00:00:00:01", "02:00:00:00:00:02"] + ["ff:ff:ff:ff:ff:ff"] * 2
+    assert t["arp_op"].tolist() == [1, 2, 1, 1]
+    assert metered.num_rows == 2 and t["flow_id"].nunique() == 2
+
+
 def test_tcp_60_byte_frame_is_padding_not_options():
     """hdr_len 60 with no payload: a padded 54-byte segment (no options); 58: one option word."""
     packets = pd.DataFrame(dict(flow=0, ts_ns=T0 + np.arange(5), direction=[0, 1, 0, 1, 0],

@@ -64,7 +64,8 @@ payload bytes, plus one for SYN and for FIN; an ACK acknowledges what the other 
 before it, never more, so nothing is ever unseen or missing (a run of pure ACKs acknowledges
 the other side's last segments one at a time, see ``_spread_acks``). Timestamps inside a flow
 never go back (a running maximum); the ICMP echo sequence counts the initiator's requests,
-the reply echoing the last one. ICMP is crafted as echo request (initiator) / echo reply
+the reply echoing the last one. ARP is crafted as request (initiator, to the flow's
+destination MAC: broadcast, one way, or the peer's) / reply (responder). ICMP is crafted as echo request (initiator) / echo reply
 (responder), except ICMPv6 to ff02::2, a solicited-node group or ff02::16: router solicitation,
 neighbour solicitation and MLDv2 report (with its hop-by-hop router alert; one to five records
 as the model's frame length says), sent one way, as all the real captures' ICMPv6 is. Other
@@ -504,8 +505,10 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
         bad = sorted(set(kind_names[kind < 0]))
         raise NecstError(f"craft: unknown flow kind {bad[0]!r} (use {', '.join(KINDS)})")
     repairs: dict[str, int] = {}
-    # IGMP reports and LLC announcements go one way: host to group, host to broadcast
-    d = np.where(np.isin(kind[flow], (IGMP, LLC)), 0, d)
+    # IGMP reports and LLC announcements go one way: host to group, host to broadcast; so does
+    # ARP to the broadcast address (only the asker sends, to ff:ff:ff:ff:ff:ff)
+    dst_mac = _parse_macs(np.asarray(_column(flows, "dst_mac")))
+    d = np.where(np.isin(kind[flow], (IGMP, LLC)) | ((kind[flow] == ARP) & ((dst_mac[flow, 0] & 1) == 1)), 0, d)
     tcp_row = kind[flow] == TCP
     if len(flow):
         flow, d, fl, pl, ts, tcp_row, _, hdr, retx = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs,
@@ -539,7 +542,6 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
         kp = np.where(ctl, ICMP6_CONTROL, kp)
         pl = np.where(ctl, 0, pl)
     src_mac = _parse_macs(np.asarray(_column(flows, "src_mac")))
-    dst_mac = _parse_macs(np.asarray(_column(flows, "dst_mac")))
     zeros = np.zeros(n_flows, np.int64)
     sport = np.nan_to_num(np.asarray(_column(flows, "src_port", zeros), float)).astype(np.int64) & 0xFFFF
     dport = np.nan_to_num(np.asarray(_column(flows, "dst_port", zeros), float)).astype(np.int64) & 0xFFFF
@@ -771,7 +773,9 @@ def _headers(f: PacketFields, sel: np.ndarray, ver: int, k: int, pay_sum: np.nda
     eth["dst"] = f["mac_dst"][sel]
     if k == ARP:
         eth["type"] = 0x0806
-        eth["dst"][fwd] = 0xFF  # a request goes to the broadcast address
+        # a request goes to the flow's destination MAC: broadcast in about half the real ARP
+        # flows, the peer's own in the rest (cache refreshes); broadcast for all of them split every
+        # two-way unicast flow in two, as a flow meter keys ARP by its MAC pair
         arp = np.zeros(m, _ARP)
         arp["htype"], arp["ptype"], arp["hlen"], arp["plen"] = 1, 0x0800, 6, 4
         arp["op"] = np.where(fwd, 1, 2)
