@@ -31,3 +31,15 @@ def test_generating_does_not_import_scipy_special(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def test_distinct_is_numpys_unique_with_inverse():
+    from necst.generate.craft import _distinct
+
+    rng = np.random.default_rng(1)
+    pool = np.array(["10.0.0.2", "10.0.0.10", "fe80::1", "a", "A", "é", "", "192.168.1.1"], dtype=object)
+    for n in (0, 1, 50, 5000):
+        v = pool[rng.integers(0, len(pool), n)]
+        want_u, want_i = np.unique(v.astype(str), return_inverse=True)
+        got_u, got_i = _distinct(v)
+        assert got_u.tolist() == want_u.tolist() and got_i.tolist() == want_i.tolist()
