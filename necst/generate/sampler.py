@@ -227,7 +227,7 @@ class Sampler:
         planned = 0  # packets asked of the flow model for the flows of earlier plans
         plans = self._plans(n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps)
         # the walkers and the packet fields' pools are built while the first plan is drawn
-        ready = tasks.submit(self._warm_up) if self.workers else None
+        ready = [tasks.submit(self._warm_up, kind) for kind in self._kinds()] if self.workers else []
         for r in range(1 << 30):
             with self._stage("aggregate"):
                 plan = next(plans, None)
@@ -289,16 +289,17 @@ class Sampler:
                 raise NecstError(f"the models gave only {written} of {n_packets} packets")
 
     def _schedule(self, n: int, before: np.ndarray, n_packets: int | None) -> list[tuple[int, int]]:
-        """Rows ``(a, b)`` of the plan's flows sampled at once (whole chunks): ``flow_chunk_flows``, or,
-        towards the end of a capture of N packets, the chunks its remaining packets probably need
-        (a fifth more). ``before[i]``: packets asked for the flows before row i (earlier plans
-        included). A function of the plan alone, so the groups, hence the capture, do not depend on
-        how far crafting has got when a group is sampled (threads or not)."""
+        """Rows ``(a, b)`` of the plan's flows sampled at once (whole chunks): ``flow_chunk_flows``
+        after a ramp of 1, 2, ... chunks, or, towards the end of a capture of N packets, the chunks
+        its remaining packets probably need (a fifth more). ``before[i]``: packets asked for the
+        flows before row i (earlier plans included). A function of the plan alone, so the groups,
+        hence the capture, do not depend on how far crafting has got when a group is sampled
+        (threads or not)."""
         chunks = max(1, self.flow_chunk_flows // self.chunk_flows)
         mean = max(self.aggregate.mean_packets(), 1.0)
         out, a = [], 0
         while a < n:
-            k = chunks
+            k = min(chunks, len(out) + 1)  # 1, 2, ... chunks: the first crafting waits for one chunk only
             if n_packets is not None:
                 need = (n_packets - before[a]) / mean * 1.2
                 k = min(k, max(1, int(np.ceil(need / self.chunk_flows))))
@@ -308,11 +309,11 @@ class Sampler:
         return out
 
     def _group(self, plan: pd.DataFrame, rows: tuple[int, int], seed: int, r: int, end_ns: int | None,
-               ready=None) -> list[tuple[int, PacketFields | None]]:
+               ready=()) -> list[tuple[int, PacketFields | None]]:
         """One group of chunks: their flows sampled at once, then each chunk planned (on a worker
         thread when there are workers). Returns (first row, fields) per chunk."""
-        if ready is not None:
-            ready.result()
+        for f in ready:
+            f.result()
         a, b = rows
         flows = self._sample_flows(plan.iloc[a:b], _seed(seed, r, a))
         out = []
@@ -321,14 +322,17 @@ class Sampler:
             out.append((c, self._plan_chunk(sub, flows, c - a, _seed(seed, r, c), end_ns)))
         return out
 
-    def _warm_up(self) -> None:
-        """Build what the flow model builds on first use (each kind's walker, the packet fields'
-        pools) with a tiny sample, so that groups sampled at once on several threads find it built."""
+    def _kinds(self) -> list:
+        """The flow model's kinds, when it says (``vocab_``): what ``_warm_up`` builds."""
         fm = self.flow_model
-        if not hasattr(fm, "sample_requests") or not getattr(fm, "vocab_", None):
-            return
+        return list(getattr(fm, "vocab_", None) or []) if hasattr(fm, "sample_requests") else []
+
+    def _warm_up(self, kind: str) -> None:
+        """Build what the flow model builds on first use for ``kind`` (its walker, the packet fields'
+        pool) with a one-flow sample, so that groups sampled on several threads find it built."""
+        fm = self.flow_model
         with self._stage("flow_model"):
-            fm.sample(fm.sample_requests({k: 1 for k in fm.vocab_}, seed=0), self.packet_model, seed=0)
+            fm.sample(fm.sample_requests({kind: 1}, seed=0), self.packet_model, seed=0)
 
     def _sample_flows(self, plan: pd.DataFrame, seed: int) -> pd.DataFrame:
         """The flow model's packets for these planned flows (``flow``: row of ``plan``)."""
