@@ -67,7 +67,7 @@ def craft_flow_table(plan: pd.DataFrame) -> pd.DataFrame:
     cols = ["src_ip", "dst_ip", "src_mac", "dst_mac", "src_port", "dst_port", "ttl_src", "ttl_dst",
             "win_src", "win_dst", "app"]
     out = plan[cols].reset_index(drop=True).copy()
-    out.insert(0, "kind", plan["craft_kind"].to_numpy())
+    out.insert(0, "kind", plan["craft_kind"].array)
     return out
 
 
@@ -337,8 +337,10 @@ class Sampler:
     def _sample_flows(self, plan: pd.DataFrame, seed: int) -> pd.DataFrame:
         """The flow model's packets for these planned flows (``flow``: row of ``plan``)."""
         # craft_kind (tcp, udp, icmp, arp, igmp, eapol, llc) tells a flow model that can use it which noflow traffic is meant
-        requests = pd.DataFrame({"kind": plan["kind"].to_numpy(), "app": plan["app"].to_numpy(),
-                                 "craft_kind": plan["craft_kind"].to_numpy(), "packets": plan["packets"].to_numpy(),
+        # .array: the plan's text columns as they are (to_numpy would make Python strings, then
+        # the frame would convert them back)
+        requests = pd.DataFrame({"kind": plan["kind"].array, "app": plan["app"].array,
+                                 "craft_kind": plan["craft_kind"].array, "packets": plan["packets"].to_numpy(),
                                  "max_packets": np.minimum(plan["packets"].to_numpy() * 4 + 8,
                                                            self.max_packets_per_flow)})
         with self._stage("flow_model"):
@@ -397,14 +399,15 @@ class Sampler:
 
 def generate(out: str | Path, models=None, *, model_dir: str | Path | None = None, payload: str = "zeros",
              format: str = "pcap", force: bool = False, progress=None, keep_addresses: bool | None = None,
-             close_flows: bool = True, **kwargs) -> GenerateResult:
-    """``necst generate``: load the models (or take ``models``), stream a capture to ``out``."""
+             close_flows: bool = True, workers: int | None = None, **kwargs) -> GenerateResult:
+    """``necst generate``: load the models (or take ``models``), stream a capture to ``out``
+    (``workers``: threads that sample ahead, see :func:`generate_threads`)."""
     if models is None:
         models = load_generator(model_dir)
     if getattr(models, "aggregate", None) is None or getattr(models, "flow", None) is None:
         raise NecstError("the generator needs its aggregate and flow levels (train with --level all)")
     sampler = Sampler(models.aggregate, models.flow, getattr(models, "packet", None), payload=payload, layout=format,
-                      keep_addresses=keep_addresses, close_flows=close_flows)
+                      keep_addresses=keep_addresses, close_flows=close_flows, workers=workers)
     result = sampler.generate(out, format=format, force=force, progress=progress, **kwargs)
     result.timings, result.cpu_timings = dict(sampler.timings), dict(sampler.cpu_timings)
     return result
