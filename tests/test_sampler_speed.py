@@ -43,3 +43,25 @@ def test_distinct_is_numpys_unique_with_inverse():
         want_u, want_i = np.unique(v.astype(str), return_inverse=True)
         got_u, got_i = _distinct(v)
         assert got_u.tolist() == want_u.tolist() and got_i.tolist() == want_i.tolist()
+
+
+def test_free_port_table_is_the_port_walk_over_dissector_ports():
+    """aggregate._ephemeral_ports takes the k-th port from lo that tshark does not dissect by number
+    from a table; this is the walk that stepped over the dissector ports one lookup at a time."""
+    from necst.model.aggregate import DISSECTOR_PORTS, FREE_PORTS
+
+    rng = np.random.default_rng(2)
+    span = rng.integers(100, 5000, 20000)
+    lo = np.minimum(rng.integers(1024, 60000, 20000), 65536 - span)
+    d_lo = np.searchsorted(DISSECTOR_PORTS, lo)
+    free = span - (np.searchsorted(DISSECTOR_PORTS, lo + span) - d_lo)
+    k = rng.integers(0, 1 << 40, len(lo)) % free
+    port = lo + k
+    for _ in range(256):
+        nxt = lo + k + (np.searchsorted(DISSECTOR_PORTS, port, side="right") - d_lo)
+        if np.array_equal(nxt, port):
+            break
+        port = nxt
+    got = FREE_PORTS[lo - d_lo + k]
+    np.testing.assert_array_equal(got, port)
+    assert not np.isin(got, DISSECTOR_PORTS).any() and ((got >= lo) & (got < lo + span)).all()
