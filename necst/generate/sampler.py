@@ -228,8 +228,10 @@ class Sampler:
         end_ns = None
         planned = 0  # packets asked of the flow model for the flows of earlier plans
         plans = self._plans(n_flows, duration_s, n_packets, seed, start_ns, rate_scale, apps)
-        # the walkers and the packet fields' pools are built while the first plan is drawn
-        ready = [tasks.submit(self._warm_up, kind) for kind in self._kinds()] if self.workers else []
+        # the walkers and the packet fields' pools are built while the first plan is drawn, first
+        # queued so that the first group (which walks its flows before it needs a pool) finds them
+        # built; were one not, the group would build the same pool again (seeded): only time lost
+        warm = [tasks.submit(self._warm_up, kind) for kind in self._kinds()] if self.workers else []
         for r in range(1 << 30):
             with self._stage("aggregate"):
                 plan = next(plans, None)
@@ -248,9 +250,11 @@ class Sampler:
                 # capture probably needs it (N packets: fewer were asked for the flows before it)
                 for j in range(gi, min(gi + 1 + self.workers, len(groups))):
                     if j not in futures and (j == gi or n_packets is None or before[groups[j][0]] < n_packets):
-                        futures[j] = tasks.submit(self._group, plan, groups[j], seed, r, end_ns, ready)
+                        futures[j] = tasks.submit(self._group, plan, groups[j], seed, r, end_ns)
                 with self._stage("wait", cpu=False) if self.workers else nullcontext():
                     chunks = futures.pop(gi).result()  # without workers: sampled and planned here
+                    while warm:  # done by now: raise what a warm-up raised
+                        warm.pop().result()
                 for c, fields in chunks:
                     if fields is not None:
                         for k, v in fields.repairs.items():
@@ -310,12 +314,10 @@ class Sampler:
             a = b
         return out
 
-    def _group(self, plan: pd.DataFrame, rows: tuple[int, int], seed: int, r: int, end_ns: int | None,
-               ready=()) -> list[tuple[int, PacketFields | None]]:
+    def _group(self, plan: pd.DataFrame, rows: tuple[int, int], seed: int, r: int,
+               end_ns: int | None) -> list[tuple[int, PacketFields | None]]:
         """One group of chunks: their flows sampled at once, then each chunk planned (on a worker
         thread when there are workers). Returns (first row, fields) per chunk."""
-        for f in ready:
-            f.result()
         a, b = rows
         flows = self._sample_flows(plan.iloc[a:b], _seed(seed, r, a))
         out = []
