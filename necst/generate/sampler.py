@@ -1,13 +1,18 @@
 """From a trained generator to a capture file: aggregate plan -> flows -> packets -> frames.
 
 The plan (one row per flow, in start order) comes from the AggregateModel; flows are expanded
-into packets by the FlowModel (which asks the PacketModel for each packet's fields) a few chunks
-of flows at a time (its batched walk then ends in a tail of a few long flows once for all of
-them); each chunk is planned by :func:`necst.generate.craft.plan_packets` (TCP state,
-addresses, ids). Flows overlap in time, so planned packets wait in a pending set until no later
-chunk can produce an earlier packet (every packet of a flow starts at or after the flow's start,
-and chunks follow start order): those before the next chunk's first start are laid into frames
-and written. Memory is bounded by a few chunks plus the flows still open, whatever the capture size.
+into packets by the FlowModel (which asks the PacketModel for each packet's fields) a group of
+chunks of flows at a time; each chunk is planned by :func:`necst.generate.craft.plan_packets`
+(TCP state, addresses, ids). Flows overlap in time, so planned packets wait in a pending set
+until no later chunk can produce an earlier packet (every packet of a flow starts at or after the
+flow's start, and chunks follow start order): those before the next chunk's first start are laid
+into frames and written. Memory is bounded by a few chunks plus the flows still open, whatever
+the capture size.
+
+Sampling and planning a group is most of the work; worker threads (``generate_threads``) do it
+for the next groups while the caller's thread lays out and writes the current one (numpy's
+products and ufuncs release the GIL, so two cores share it). The groups and each group's seed
+follow from the plan alone, so the capture is byte-identical with any number of threads.
 """
 from __future__ import annotations
 
