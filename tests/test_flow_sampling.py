@@ -203,6 +203,32 @@ def test_generate_samples_flows_for_several_chunks_at_once(tmp_path):
     assert runs["a"] != runs["one"]  # the flow model's seeds go with its calls
 
 
+def test_worker_threads_do_not_change_the_capture(tmp_path):
+    """Groups of chunks sampled and planned ahead on worker threads give the capture made in the
+    caller's thread alone, byte for byte (N packets: the groups follow from the plan, not from how
+    far crafting has got); closing the stream early stops the workers."""
+    import threading
+
+    from necst.generate.sampler import Sampler, load_generator
+
+    g = load_generator(None)
+    out = {}
+    for workers in (0, 1, 2):
+        s = Sampler(g.aggregate, g.flow, g.packet, chunk_flows=150, flow_chunk_flows=300, workers=workers)
+        r = s.generate(tmp_path / f"w{workers}.pcap", n_packets=9000, seed=5)
+        assert r.packets == 9000 and r.flows >= 900  # several groups, ahead of crafting
+        out[workers] = (r.path.read_bytes(), r.repairs, r.flows)
+        if workers:
+            assert r.timings["wait"] >= 0.0 and r.cpu_timings["flow_model"] > 0.0
+    assert out[1] == out[0] and out[2] == out[0]
+    before = threading.active_count()
+    s = Sampler(g.aggregate, g.flow, g.packet, chunk_flows=150, flow_chunk_flows=150, workers=2)
+    stream = s.batches(n_flows=3000, seed=1)
+    next(stream)
+    stream.close()
+    assert threading.active_count() == before
+
+
 def test_row_sums_with_and_without_scipys_private_kernel(monkeypatch):
     import necst.model.lstm_numpy as ln
 

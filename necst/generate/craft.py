@@ -178,9 +178,20 @@ def _column(table, name: str, default=None, required: bool = True) -> np.ndarray
     return default
 
 
+def _distinct(values) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values.astype(str), return_inverse=True)``, by hashing the values (pd.factorize)
+    and sorting only the distinct ones: flow tables repeat a few hundred addresses many times."""
+    codes, uniq = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+    uniq = np.asarray(uniq, dtype=object).astype(str)
+    order = np.argsort(uniq, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return uniq[order], rank[codes]
+
+
 def _parse_ips(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Strings -> (n, 16) bytes (IPv4 in the first 4) and versions, parsing distinct values once."""
-    uniq, inv = np.unique(values.astype(str), return_inverse=True)
+    uniq, inv = _distinct(values)
     out = np.zeros((len(uniq), 16), np.uint8)
     ver = np.zeros(len(uniq), np.uint8)
     for i, s in enumerate(uniq):
@@ -196,7 +207,7 @@ def _parse_ips(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _parse_macs(values: np.ndarray) -> np.ndarray:
     """'aa:bb:cc:dd:ee:ff' strings -> (n, 6) bytes, as one array operation over the distinct values."""
-    uniq, inv = np.unique(values.astype(str), return_inverse=True)
+    uniq, inv = _distinct(values)
     raw = np.char.lower(uniq.astype("U17")).astype("S17")
     b = np.frombuffer(raw.tobytes(), np.uint8).reshape(len(uniq), 17) if len(uniq) else np.zeros((0, 17), np.uint8)
     digit = np.where(b >= ord("a"), b - ord("a") + 10, b - ord("0")).astype(np.int64)
@@ -553,8 +564,7 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
     if app_names is None:
         apps, app_code = ["unknown"], np.zeros(n_flows, np.int16)
     else:
-        apps_u, app_code = np.unique(pd.Series(app_names).fillna("unknown").astype(str).to_numpy(),
-                                     return_inverse=True)
+        apps_u, app_code = _distinct(pd.Series(app_names).fillna("unknown").astype(str).to_numpy())
         apps, app_code = list(apps_u), app_code.astype(np.int16)
 
     fwd = d == 0

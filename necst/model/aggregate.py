@@ -100,6 +100,8 @@ def _dissector_ports() -> np.ndarray:
 
 
 DISSECTOR_PORTS = _dissector_ports()
+# the other ports, in order: the k-th free port at or after port p is FREE_PORTS[p - #dissector ports below p + k]
+FREE_PORTS = np.setdiff1d(np.arange(1 << 16, dtype=np.int64), DISSECTOR_PORTS)
 
 
 def _craft_kind(kind: np.ndarray, proto: np.ndarray, ethertype: np.ndarray) -> np.ndarray:
@@ -777,13 +779,7 @@ class AggregateModel:
                 break
             stride = np.where(bad, stride + 2, stride)
         k = (hash_host(k2) + rank * stride) % free
-        port = lo + k
-        for _ in range(256):  # the k-th free port: step over the dissector ports below it
-            nxt = lo + k + (np.searchsorted(DISSECTOR_PORTS, port, side="right") - d_lo)
-            if np.array_equal(nxt, port):
-                break
-            port = nxt
-        return port
+        return FREE_PORTS[lo - d_lo + k]  # the k-th port from lo that is not a dissector port
 
     def _real_addresses(self) -> list[str]:
         """The real addresses; MAC-only hosts (ARP) numbered from 169.254.1.0."""
