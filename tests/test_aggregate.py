@@ -263,3 +263,18 @@ def test_pairs_are_drawn_among_those_with_flows_of_that_size(model):
     got = set(zip(g, _size_bucket(plan["packets"].to_numpy()), plan["src_host"], plan["dst_host"], plan["dst_port"]))
     assert got <= seen
     assert len({z for _, z, *_ in got}) > 3  # several sizes
+
+
+def test_flows_of_unknown_applications_avoid_dissected_ports(model):
+    """A port tshark dissects by number moves to the next one it does not, for flows whose
+    application we cannot write (their zeros would be a malformed A21 or GSM IPA message)."""
+    from necst.model.aggregate import DISSECTOR_PORTS, undissected
+
+    ports = np.array([0, 23272, 23272, 4249, 50000, 443])
+    moved = undissected(ports)
+    assert moved[0] == 0 and moved[4] == 50000 and moved[1] == moved[2]
+    assert not np.isin(moved[1:], DISSECTOR_PORTS).any() and (moved[1:4] > ports[1:4]).all()
+    plan = model.sample(n_flows=3000, seed=5)
+    unknown = plan[(plan["app"].astype(str) == "unknown") & plan["kind"].isin(["tcp", "udp"])]
+    assert len(unknown)
+    assert not np.isin(unknown[["src_port", "dst_port"]].to_numpy(np.int64), DISSECTOR_PORTS).any()

@@ -91,6 +91,24 @@ _DISSECTOR_PORTS = (
 )
 
 
+def undissected(ports: np.ndarray) -> np.ndarray:
+    """Each port tshark dissects by number moved to the next port it does not (others unchanged).
+
+    For flows whose application we cannot write: their payload is zeros (or bytes of no known
+    protocol), which a binary dissector reads as a malformed message (UDP 23272, A21, is one in
+    the IoT Sentinel captures). Flows that shared a port still share one (neighbouring dissector
+    ports may land on the same free port). About 1% of the IoT Sentinel flows are concerned.
+    """
+    p = np.asarray(ports, dtype=np.int64)
+    hit = (p > 0) & np.isin(p, DISSECTOR_PORTS)
+    if not hit.any():
+        return p
+    i = np.minimum(np.searchsorted(FREE_PORTS, p[hit]), len(FREE_PORTS) - 1)
+    out = p.copy()
+    out[hit] = FREE_PORTS[i]
+    return out
+
+
 def _dissector_ports() -> np.ndarray:
     out = []
     for part in "".join(_DISSECTOR_PORTS).split():
@@ -749,6 +767,9 @@ class AggregateModel:
             np.add.at(counts, key, 1)
             eph = EPHEMERAL_LO + (hash_host(key) + rank) % (EPHEMERAL_HI - EPHEMERAL_LO)
         plan["src_port"] = np.where(fixed >= 0, fixed, eph)
+        unknown = (plan["app"].astype(str) == "unknown").to_numpy()
+        for col in ("src_port", "dst_port"):
+            plan[col] = np.where(unknown, undissected(plan[col].to_numpy(np.int64)), plan[col].to_numpy())
         plan["ttl_src"], plan["ttl_dst"] = self.host_ttl_[s], self.host_ttl_[d]
         plan["win_src"], plan["win_dst"] = self.host_window_[s], self.host_window_[d]
 
