@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from necst.model.flow import KINDS, FlowModel, _pos_bucket
-from necst.model.lstm_numpy import ARCH_V1, ARCH_V2, HEADS, StepNet, Walker, _emb_name, _prefix_sums
+from necst.model.lstm_numpy import ARCH_V1, ARCH_V2, HEADS, StepNet, Walker, _emb_name, _invert_blocked, _prefix_sums
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -149,6 +149,26 @@ def test_prefix_sums_match_cumsum():
         want = np.cumsum(x.astype(np.float64), axis=0)
         _prefix_sums(x)
         np.testing.assert_allclose(x, want, rtol=1e-5)
+
+
+def test_blocked_inversion_counts_what_the_full_cumulative_sum_counts():
+    """The draw finds the block where u falls, then counts inside it: the same class, bit for bit,
+    as comparing u with every prefix sum, including thresholds that sit exactly on a sum."""
+    rng = np.random.default_rng(3)
+    for rows, m, pad in ((8, 128, 0), (144, 700, 5), (128, 2048, 0), (40, 300, 7), (256, 130, 3)):
+        x = (rng.random((rows, m), dtype=np.float32) ** 6).astype(np.float32)
+        x[rows - pad:] = 0.0  # padding classes: probability 0
+        x[:, :5] = 0.0  # a column of zeros but its last classes
+        x[-1 - pad, :5] = 1.0
+        full = x.copy()
+        _prefix_sums(full)
+        u = rng.random(m, dtype=np.float32)
+        u[5:10] = [0.0, 1 - 2 ** -24, 1e-9, 0.5, 0.25]
+        on = np.arange(10, 20)  # thresholds equal to a prefix sum
+        u[on] = (full[rng.integers(0, rows, len(on)), on] / full[-1, on]).astype(np.float32)
+        want = (full < u * full[-1]).sum(axis=0)
+        got = _invert_blocked(x.copy(), u, np.empty(x.size, bool))
+        np.testing.assert_array_equal(got, want)
 
 
 class _StubPackets:

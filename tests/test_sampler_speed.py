@@ -65,3 +65,15 @@ def test_free_port_table_is_the_port_walk_over_dissector_ports():
     got = FREE_PORTS[lo - d_lo + k]
     np.testing.assert_array_equal(got, port)
     assert not np.isin(got, DISSECTOR_PORTS).any() and ((got >= lo) & (got < lo + span)).all()
+
+
+def test_row_ids_are_numpys_row_unique_inverse():
+    """aggregate._separate_keys numbers the flow keys with one lexsort instead of np.unique(axis=0)."""
+    from necst.model.aggregate import _row_ids
+
+    rng = np.random.default_rng(4)
+    for n in (0, 1, 7, 5000):
+        for hi in (2, 300, 1 << 40):
+            t = np.column_stack([rng.integers(0, 4, n), rng.integers(0, hi, n), rng.integers(-hi, hi, n)])
+            want = np.unique(t, axis=0, return_inverse=True)[1].reshape(-1)
+            np.testing.assert_array_equal(_row_ids(t), want)

@@ -396,15 +396,14 @@ def _spread_acks(flow, d, fl, pl, tcp, consumed, full, row_first) -> np.ndarray:
         count = _grouped_exclusive_cumsum(cons.astype(np.int64), row_first)  # its segments before each row
         ends_bytes = np.cumsum(np.where(cons, consumed, 0))  # global running bytes of those segments
         cons_rows = np.flatnonzero(cons)
-        # index into cons_rows of each row's flow's first segment of the other side
-        flow_first = np.searchsorted(cons_rows, row_first)
         sel = np.flatnonzero(pure & (d == side) & (from_end > 0))
         if len(sel) == 0 or len(cons_rows) == 0:
             continue
         target = count[sel] - 1 - from_end[sel]  # which of the other side's segments to acknowledge
         ok = target >= 0
         sel, target = sel[ok], target[ok]
-        g = flow_first[sel] + target
+        # index into cons_rows of each selected row's flow's first segment of the other side
+        g = np.searchsorted(cons_rows, row_first[sel]) + target
         # bytes acknowledged = the other side's running bytes up to and including segment g, in flow terms
         seg_row = cons_rows[g]
         within = ends_bytes[seg_row] - (ends_bytes[row_first[sel]] - np.where(cons[row_first[sel]],
@@ -463,7 +462,7 @@ def _link_messages(kp, flow, d, firsts, row_first, dst_ip, want, seed):
     if not link.any():
         return sub, length, nonce
     igmp, eapol = kp == IGMP, kp == EAPOL
-    v3 = igmp & (dst_ip[flow][:, :4] == np.frombuffer(IGMP_V3_ALL_ROUTERS, np.uint8)).all(axis=1)
+    v3 = igmp & (dst_ip[:, :4] == np.frombuffer(IGMP_V3_ALL_ROUTERS, np.uint8)).all(axis=1)[flow]  # per flow, then per packet
     records = 1 + ((want >= 62) & (want < 70)) + 2 * ((want >= 70) & (want < 78))
     sub = np.where(v3, records, sub)
     length = np.where(igmp, 8 + 8 * sub, length)

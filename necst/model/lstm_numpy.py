@@ -709,13 +709,50 @@ class Walker:
         np.matmul(WT, z.T, out=lt)
         lt -= lt.max(axis=0)
         np.exp(lt, out=lt)
-        _prefix_sums(lt)
-        thr = u * lt[-1]
-        b = less[:rows * m].reshape(rows, m)
-        np.less(lt, thr, out=b)
-        k = np.add.reduce(b.view(np.uint8), axis=0, dtype=np.uint8 if rows < 256 else np.int32).astype(np.int32)
+        if m >= LOOP_CUMSUM_ROWS and rows % PREFIX_BLOCK == 0:
+            k = _invert_blocked(lt, u, less)
+        else:
+            _prefix_sums(lt)
+            thr = u * lt[-1]
+            b = less[:rows * m].reshape(rows, m)
+            np.less(lt, thr, out=b)
+            k = np.add.reduce(b.view(np.uint8), axis=0, dtype=np.uint8 if rows < 256 else np.int32).astype(np.int32)
         np.minimum(k, n_cls - 1, out=k)
         return k
+
+
+def _invert_blocked(x: np.ndarray, u: np.ndarray, work: np.ndarray) -> np.ndarray:
+    """Per column of ``x`` (classes x flows, non-negative weights), the number of entries of its
+    cumulative sum (as ``_prefix_sums`` computes it, in two levels) below ``u`` times its total.
+
+    The cumulative sums are monotone, so only the blocks' totals and the one block where ``u``
+    falls are needed: the totals say which block, and that block's ``PREFIX_BLOCK`` sums are
+    rebuilt for each column with the same additions in the same order, so the count (hence the
+    class drawn) is the one the full cumulative sum gives, bit for bit, at a fraction of the
+    passes over memory. ``work``: scratch of at least ``x.size`` bytes."""
+    rows, m = x.shape
+    b = PREFIX_BLOCK
+    nb = rows // b
+    xb = x.reshape(nb, b, m)
+    ends = np.frombuffer(work, np.float32, nb * m).reshape(nb, m) if work.nbytes >= 4 * nb * m \
+        else np.empty((nb, m), np.float32)
+    np.add.reduce(xb, axis=1, out=ends)  # each block's total: its values added in order (its last prefix sum)
+    for i in range(1, nb):  # the totals' running sums: the last prefix sum of each block
+        ends[i] += ends[i - 1]
+    thr = u * ends[-1]
+    j = np.add.reduce((ends < thr).view(np.uint8), axis=0, dtype=np.int32)  # the block where u falls
+    col = np.arange(m)
+    base = np.zeros(m, np.float32)  # the running sum before block j (none for the first block)
+    after = np.flatnonzero(j)
+    base[after] = ends.reshape(-1)[(j[after] - 1) * m + after]
+    # block j's values per column (b x m), their running sums, offset by the blocks before
+    run = x.reshape(-1)[(j * (b * m) + col)[None, :] + (np.arange(b) * m)[:, None]]
+    for i in range(1, b):  # (numpy's cumsum down columns does not vectorize: row adds)
+        run[i] += run[i - 1]
+    run += base
+    k = np.add.reduce((run < thr).view(np.uint8), axis=0, dtype=np.int32)
+    k += j * b
+    return k
 
 
 def _prefix_sums(lt: np.ndarray) -> None:
