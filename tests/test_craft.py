@@ -163,11 +163,11 @@ def test_run_of_pure_acks_acknowledges_segments_one_by_one():
 
 def test_existing_handshake_kept_and_only_invalid_flags_change():
     f = _one_flow([SYN, SYN | ACK, ACK | PSH, RST | ACK, ACK | FIN, ACK | FIN, PSH | ACK, RST | ACK],
-                  [0, 1, 0, 1, 0, 0, 0, 1], [0, 0, 10, 5, 0, 0, 7, 3])
+                  [0, 1, 0, 1, 0, 0, 0, 1], [0, 0, 10, 5, 0, 0, 0, 3])
     assert f.repairs["handshake_inserted"] == 0
     # direction 1 resets and sends nothing but a RST after: both RSTs kept (without payload), the
     # peer's packets in between stay; direction 0's second FIN resends its first (same sequence
-    # number); data after the FIN dropped
+    # number); PSH after the FIN dropped
     assert f["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK | PSH, RST | ACK, ACK | FIN, ACK | FIN, ACK, RST | ACK]
     assert f["payload_len"].tolist() == [0, 0, 10, 0, 0, 0, 0, 0]
     assert f["seq"][5] == f["seq"][4] and f["seq"][6] == f["seq"][4] + 1
@@ -192,6 +192,11 @@ def test_repeated_fin_resends_the_first_once():
     assert seq[5] == seq[3] == isn_c + 11 and seq[6] == isn_c + 32
     assert ack[4] == isn_c + 11 and ack[7] == isn_c + 32  # the FIN is acknowledged after its resend
     assert f.repairs["fin_retransmissions"] == 1
+    # a FIN its direction sends data after is no close: cleared, the data kept
+    h = _one_flow([SYN, SYN | ACK, ACK | PSH | FIN, ACK | PSH, ACK, ACK | FIN, ACK | FIN], [0, 1, 0, 0, 1, 0, 1],
+                  [0, 0, 20, 30, 0, 0, 0])
+    assert h["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK | PSH, ACK | PSH, ACK, ACK | FIN, ACK | FIN]
+    assert h["payload_len"].tolist() == [0, 0, 20, 30, 0, 0, 0] and h.repairs["fin_retransmissions"] == 0
     # the model gave the resend no data: the FIN alone, after the data
     g = _one_flow([SYN, SYN | ACK, ACK | PSH | FIN, ACK | PSH | FIN, ACK | FIN, ACK], [0, 1, 0, 0, 1, 0],
                   [0, 0, 20, 0, 0, 0])

@@ -44,8 +44,8 @@ TCP repair rules (as little change as possible; counted in ``PacketFields.repair
    (cleared elsewhere, and from the other side); the other side's packets may come between,
    sent before the RST reached it, as around 1 % of the real RSTs (a third of real RSTs are
    repeated bare RSTs, which Wireshark flags nothing in); a RST carries no payload, FIN or PSH.
-4. A direction's first FIN closes it: packets it sends after carry no payload, PSH or FIN,
-   except its next FIN (up to ``FIN_RETRANSMISSIONS``), which is kept as a retransmission of the
+4. A direction's first FIN after its last data closes it (FINs before that data are cleared):
+   packets it sends after carry no payload, PSH or FIN, except its next FIN (up to ``FIN_RETRANSMISSIONS``), which is kept as a retransmission of the
    first: the same sequence number and data (or, where the model gave it no payload, the FIN
    alone, at the FIN's sequence number), no new sequence space. The other side's packets between
    the two acknowledge nothing of what is resent (the FIN was lost), so that Wireshark sees a
@@ -345,9 +345,15 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     fl = np.where(rst, fl & ~(FIN | PSH), fl)
     zero_pl |= rst & (pl > 0)
     # rule 4: a direction's first FIN closes it; its next FIN (up to FIN_RETRANSMISSIONS) resends it
-    fin_orig = np.full(len(flow), -1, np.int64)  # per FIN retransmission: the row of the FIN it repeats
-    key = flow.astype(np.int64) * 2 + d
+    # a FIN its direction sends data after is no close: cleared (the data stays)
+    last_data = np.full(2 * len(firsts), -1, np.int64)  # per (flow, direction): its last data without FIN
+    data = np.flatnonzero(t & (pl > 0) & ~zero_pl & ((fl & FIN) == 0))
+    np.maximum.at(last_data, side[data], data)
     is_fin = t & ((fl & FIN) != 0)
+    early = is_fin & (np.arange(len(flow)) < last_data[side])
+    fl = np.where(early, fl & ~FIN, fl)
+    is_fin &= ~early
+    key = side
     order = np.lexsort((np.arange(len(flow)), key))  # rows by (flow, direction), in flow order
     k_sorted, fin_sorted = key[order], is_fin[order]
     grp_start = np.r_[True, k_sorted[1:] != k_sorted[:-1]] if len(flow) else np.zeros(0, bool)
