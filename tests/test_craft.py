@@ -1,6 +1,7 @@
 """Crafting and writing: byte-exact reproducibility, repair rules, read-back, and tshark's verdict."""
 from __future__ import annotations
 
+import importlib
 import subprocess
 
 import numpy as np
@@ -13,6 +14,8 @@ from necst.capture.writer import CaptureWriter, write_capture
 from necst.errors import NecstError, OutputExistsError
 from necst.generate.craft import ACK, FIN, PSH, RST, SYN, Arena, build_frames, craft, plan_packets
 from necst.process.decode import decode
+
+craft_module = importlib.import_module("necst.generate.craft")  # the package exports its craft function
 
 T0 = 1_700_000_000_000_000_000
 
@@ -179,19 +182,26 @@ def test_existing_handshake_kept_and_only_invalid_flags_change():
     assert g["payload_len"].tolist() == [0, 0, 10, 5, 0, 7, 0, 0]
 
 
-def test_repeated_fin_resends_the_first_once():
-    """A FIN repeated with data resends the first FIN's segment; a third FIN is no FIN; the other
-    side's ACK in between does not acknowledge the lost FIN, the one after acknowledges all."""
-    f = _one_flow([SYN, SYN | ACK, ACK | PSH, ACK | PSH | FIN, ACK, ACK | PSH | FIN, ACK | PSH | FIN, ACK | FIN, ACK],
-                  [0, 1, 0, 0, 1, 0, 0, 1, 0], [0, 0, 10, 20, 0, 35, 9, 0, 0])
+def test_repeated_fin_resends_the_first(monkeypatch):
+    """A FIN repeated with data resends the first FIN's segment; the other side's ACK before the last
+    resend does not acknowledge the lost FIN, the one after acknowledges all; a FIN beyond
+    FIN_RETRANSMISSIONS is no FIN."""
+    flags = [SYN, SYN | ACK, ACK | PSH, ACK | PSH | FIN, ACK, ACK | PSH | FIN, ACK | PSH | FIN, ACK | FIN, ACK]
+    dirs, payload = [0, 1, 0, 0, 1, 0, 0, 1, 0], [0, 0, 10, 20, 0, 35, 9, 0, 0]
+    f = _one_flow(flags, dirs, payload)
     seq, ack = f["seq"].astype(np.int64), f["ack"].astype(np.int64)
-    assert f["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK | PSH, ACK | PSH | FIN, ACK, ACK | PSH | FIN, ACK,
-                                       ACK | FIN, ACK]
-    assert f["payload_len"].tolist() == [0, 0, 10, 20, 0, 20, 0, 0, 0]
+    assert f["tcp_flags"].tolist() == flags[:4] + [ACK] + flags[5:]
+    assert f["payload_len"].tolist() == [0, 0, 10, 20, 0, 20, 20, 0, 0]
     isn_c = seq[0]
-    assert seq[5] == seq[3] == isn_c + 11 and seq[6] == isn_c + 32
-    assert ack[4] == isn_c + 11 and ack[7] == isn_c + 32  # the FIN is acknowledged after its resend
-    assert f.repairs["fin_retransmissions"] == 1
+    assert seq[6] == seq[5] == seq[3] == isn_c + 11 and seq[8] == isn_c + 32
+    assert ack[4] == isn_c + 11 and ack[7] == isn_c + 32  # the FIN is acknowledged after its resends
+    assert f.repairs["fin_retransmissions"] == 2
+    monkeypatch.setattr(craft_module, "FIN_RETRANSMISSIONS", 1)
+    f = _one_flow(flags, dirs, payload)
+    seq = f["seq"].astype(np.int64)
+    assert f["tcp_flags"].tolist() == flags[:4] + [ACK, ACK | PSH | FIN, ACK, ACK | FIN, ACK]
+    assert f["payload_len"].tolist() == [0, 0, 10, 20, 0, 20, 0, 0, 0]
+    assert seq[5] == seq[3] and seq[6] == seq[3] + 21 and f.repairs["fin_retransmissions"] == 1
     # a FIN its direction sends data after is no close: cleared, the data kept
     h = _one_flow([SYN, SYN | ACK, ACK | PSH | FIN, ACK | PSH, ACK, ACK | FIN, ACK | FIN], [0, 1, 0, 0, 1, 0, 1],
                   [0, 0, 20, 30, 0, 0, 0])
@@ -483,15 +493,15 @@ def test_tshark_sees_repeated_fins_as_retransmissions(tmp_path, tshark):
     flows = pd.DataFrame(dict(kind="tcp", src_ip="10.0.0.1", dst_ip="10.0.0.2", src_mac="02:00:00:00:00:01",
                               dst_mac="02:00:00:00:00:02", src_port=[40000, 40001], dst_port=80))
     fields = plan_packets(packets, flows, seed=3)
-    assert fields.repairs["fin_retransmissions"] == 3
+    assert fields.repairs["fin_retransmissions"] == 4
     path = write_capture(tmp_path / "f.pcap", [build_frames(fields.take(fields.time_order()))])
     v = tshark_verdict(tshark, path)
     assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
-    assert v["retransmission"] == 3 and v["spurious_retransmission"] == 0, v
-    assert v["analysis_other_than_dup_ack"] == 3, v
+    assert v["retransmission"] == 4 and v["spurious_retransmission"] == 0, v
+    assert v["analysis_other_than_dup_ack"] == 4, v
     resent = _tshark_fields(tshark, path, "tcp.analysis.retransmission", "frame.number", "tcp.len", "tcp.seq")
-    assert [r[:2] for r in resent] == [["7", "20"], ["15", "0"], ["18", "0"]], resent
-    assert [r[2] for r in resent] == ["31", "31", "101"]  # relative: the first FIN's sequence numbers
+    assert [r[:2] for r in resent] == [["7", "20"], ["15", "0"], ["16", "0"], ["18", "0"]], resent
+    assert [r[2] for r in resent] == ["31", "31", "31", "101"]  # relative: the first FIN's sequence numbers
 
 
 def test_tshark_finds_link_kinds_valid(tmp_path, tshark):

@@ -45,12 +45,13 @@ TCP repair rules (as little change as possible; counted in ``PacketFields.repair
    sent before the RST reached it, as around 1 % of the real RSTs (a third of real RSTs are
    repeated bare RSTs, which Wireshark flags nothing in); a RST carries no payload, FIN or PSH.
 4. A direction's first FIN after its last data closes it (FINs before that data are cleared):
-   packets it sends after carry no payload, PSH or FIN, except its next FIN (up to ``FIN_RETRANSMISSIONS``), which is kept as a retransmission of the
-   first: the same sequence number and data (or, where the model gave it no payload, the FIN
-   alone, at the FIN's sequence number), no new sequence space. The other side's packets between
-   the two acknowledge nothing of what is resent (the FIN was lost), so that Wireshark sees a
-   retransmission, not a spurious one, as real captures hold (0.5 % of their TCP packets, three
-   in four with data); the flow model repeats FINs at about that rate.
+   packets it sends after carry no payload, PSH or FIN, except its next FINs (up to
+   ``FIN_RETRANSMISSIONS``), kept as retransmissions of the first: the same sequence number and
+   data (or, where the model gave one no payload, the FIN alone, at the FIN's sequence number),
+   no new sequence space. The other side's packets until the last resend acknowledge nothing of
+   what is resent (the FIN was lost), so that Wireshark sees retransmissions, not spurious ones,
+   as real captures hold (0.5 % of their TCP packets, three in four with data); the flow model
+   repeats FINs at about that rate.
 5. A flow with neither FIN nor RST gets FIN on its last packet (it closes with FIN/ACK), unless
    the model opened it with its own full handshake (``open_established``, the default): then the
    model left an established connection open, as 3 % of the real established flows are, cut by
@@ -119,8 +120,9 @@ HBH_ROUTER_ALERT = bytes.fromhex("3a00050200000100")  # next: ICMPv6; router ale
 LLC_XID = bytes.fromhex("0001af810100")  # 802.2 XID response, null SAPs (what Linux bridges announce)
 MAX_IP_PAYLOAD = 65535
 # repeated FINs a direction may send after its first, each resending it (real captures: 0.5 % of TCP
-# packets are such retransmissions, 96 % of the directions that repeat their FIN do it once)
-FIN_RETRANSMISSIONS = 1
+# packets are such retransmissions; 95 % of the directions that repeat their FIN do it once, none
+# more than 6 times)
+FIN_RETRANSMISSIONS = 6
 PAYLOAD_MODES = ("zeros", "app")
 # port -> least non-empty payload that Wireshark's dissector for that port accepts (TCP or UDP;
 # over TCP, DNS adds its 2-byte length prefix)
@@ -344,7 +346,7 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     rst = t & closing & ((fl & RST) != 0)
     fl = np.where(rst, fl & ~(FIN | PSH), fl)
     zero_pl |= rst & (pl > 0)
-    # rule 4: a direction's first FIN closes it; its next FIN (up to FIN_RETRANSMISSIONS) resends it
+    # rule 4: a direction's first FIN after its data closes it; its next FINs resend it
     # a FIN its direction sends data after is no close: cleared (the data stays)
     last_data = np.full(2 * len(firsts), -1, np.int64)  # per (flow, direction): its last data without FIN
     data = np.flatnonzero(t & (pl > 0) & ~zero_pl & ((fl & FIN) == 0))
@@ -450,10 +452,15 @@ def _unacked_until_resent(flow, d, fin_orig, resent_from, acked) -> np.ndarray:
         r = np.flatnonzero((fin_orig >= 0) & (d == side))
         if len(r) == 0:
             continue
-        # one interval per retransmission, rows fin+1 .. resend-1; a direction's never overlap
+        # one interval per FIN, rows fin+1 .. its last resend - 1 (a direction's never overlap),
+        # below the least of what its resends carry
+        o = fin_orig[r]
+        group = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])
+        least = np.minimum.reduceat(resent_from[r], group)
+        o, r = o[group], r[np.append(group[1:], len(r)) - 1]
         step = np.zeros(len(flow) + 1, np.int64)
-        np.add.at(step, fin_orig[r] + 1, resent_from[r] + 1)
-        np.add.at(step, r, -(resent_from[r] + 1))
+        np.add.at(step, o + 1, least + 1)
+        np.add.at(step, r, -(least + 1))
         level = np.cumsum(step[:-1])  # resent_from + 1 inside an interval, 0 outside
         hit = (level > 0) & (d != side)
         out[hit] = np.minimum(out[hit], level[hit] - 1)
