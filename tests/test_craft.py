@@ -188,6 +188,7 @@ def test_repeated_fin_resends_the_first(monkeypatch):
     FIN_RETRANSMISSIONS is no FIN."""
     flags = [SYN, SYN | ACK, ACK | PSH, ACK | PSH | FIN, ACK, ACK | PSH | FIN, ACK | PSH | FIN, ACK | FIN, ACK]
     dirs, payload = [0, 1, 0, 0, 1, 0, 0, 1, 0], [0, 0, 10, 20, 0, 35, 9, 0, 0]
+    monkeypatch.setattr(craft_module, "FIN_RETRANSMISSIONS", 6)
     f = _one_flow(flags, dirs, payload)
     seq, ack = f["seq"].astype(np.int64), f["ack"].astype(np.int64)
     assert f["tcp_flags"].tolist() == flags[:4] + [ACK] + flags[5:]
@@ -481,9 +482,10 @@ def test_tshark_sees_failed_attempts_as_real_ones(tmp_path, tshark):
     assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
 
 
-def test_tshark_sees_repeated_fins_as_retransmissions(tmp_path, tshark):
+def test_tshark_sees_repeated_fins_as_retransmissions(tmp_path, tshark, monkeypatch):
     """A FIN repeated with or without data: Wireshark's retransmission of a lost segment (a note), not
     a spurious one, nothing missing or unseen; the other side's ACK before the resend repeats."""
+    monkeypatch.setattr(craft_module, "FIN_RETRANSMISSIONS", 6)
     rows = [(0, 0, SYN, 0), (0, 1, SYN | ACK, 0), (0, 0, ACK | PSH, 30), (0, 1, ACK, 0), (0, 0, FIN | PSH | ACK, 20),
             (0, 1, ACK, 0), (0, 0, FIN | PSH | ACK, 20), (0, 1, FIN | ACK, 0), (0, 0, ACK, 0),
             (1, 0, SYN, 0), (1, 1, SYN | ACK, 0), (1, 0, ACK | PSH, 30), (1, 1, PSH | ACK, 100), (1, 0, FIN | ACK, 0),
