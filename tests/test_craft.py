@@ -1,6 +1,7 @@
 """Crafting and writing: byte-exact reproducibility, repair rules, read-back, and tshark's verdict."""
 from __future__ import annotations
 
+import importlib
 import subprocess
 
 import numpy as np
@@ -13,6 +14,8 @@ from necst.capture.writer import CaptureWriter, write_capture
 from necst.errors import NecstError, OutputExistsError
 from necst.generate.craft import ACK, FIN, PSH, RST, SYN, Arena, build_frames, craft, plan_packets
 from necst.process.decode import decode
+
+craft_module = importlib.import_module("necst.generate.craft")  # the package exports its craft function
 
 T0 = 1_700_000_000_000_000_000
 
@@ -163,12 +166,53 @@ def test_run_of_pure_acks_acknowledges_segments_one_by_one():
 
 def test_existing_handshake_kept_and_only_invalid_flags_change():
     f = _one_flow([SYN, SYN | ACK, ACK | PSH, RST | ACK, ACK | FIN, ACK | FIN, PSH | ACK, RST | ACK],
-                  [0, 1, 0, 1, 0, 0, 0, 1], [0, 0, 10, 5, 0, 0, 7, 3])
+                  [0, 1, 0, 1, 0, 0, 0, 1], [0, 0, 10, 5, 0, 0, 0, 3])
     assert f.repairs["handshake_inserted"] == 0
-    # mid-flow RST cleared; first FIN of direction 0 cleared, the last kept; data after it dropped;
-    # the final RST kept without payload
-    assert f["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK | PSH, ACK, ACK, ACK | FIN, ACK, RST | ACK]
-    assert f["payload_len"].tolist() == [0, 0, 10, 5, 0, 0, 0, 0]
+    # direction 1 resets and sends nothing but a RST after: both RSTs kept (without payload), the
+    # peer's packets in between stay; direction 0's second FIN resends its first (same sequence
+    # number); PSH after the FIN dropped
+    assert f["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK | PSH, RST | ACK, ACK | FIN, ACK | FIN, ACK, RST | ACK]
+    assert f["payload_len"].tolist() == [0, 0, 10, 0, 0, 0, 0, 0]
+    assert f["seq"][5] == f["seq"][4] and f["seq"][6] == f["seq"][4] + 1
+    assert f.repairs["fin_retransmissions"] == 1
+    # a RST its sender follows with data is no close: cleared
+    g = _one_flow([SYN, SYN | ACK, ACK | PSH, RST | ACK, ACK | PSH, PSH | ACK, ACK | FIN, ACK | FIN],
+                  [0, 1, 0, 1, 0, 1, 0, 1], [0, 0, 10, 5, 0, 7, 0, 0])
+    assert g["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK | PSH, ACK, ACK | PSH, PSH | ACK, ACK | FIN, ACK | FIN]
+    assert g["payload_len"].tolist() == [0, 0, 10, 5, 0, 7, 0, 0]
+
+
+def test_repeated_fin_resends_the_first(monkeypatch):
+    """A FIN repeated with data resends the first FIN's segment; the other side's ACK before the last
+    resend does not acknowledge the lost FIN, the one after acknowledges all; a FIN beyond
+    FIN_RETRANSMISSIONS is no FIN."""
+    flags = [SYN, SYN | ACK, ACK | PSH, ACK | PSH | FIN, ACK, ACK | PSH | FIN, ACK | PSH | FIN, ACK | FIN, ACK]
+    dirs, payload = [0, 1, 0, 0, 1, 0, 0, 1, 0], [0, 0, 10, 20, 0, 35, 9, 0, 0]
+    monkeypatch.setattr(craft_module, "FIN_RETRANSMISSIONS", 6)
+    f = _one_flow(flags, dirs, payload)
+    seq, ack = f["seq"].astype(np.int64), f["ack"].astype(np.int64)
+    assert f["tcp_flags"].tolist() == flags[:4] + [ACK] + flags[5:]
+    assert f["payload_len"].tolist() == [0, 0, 10, 20, 0, 20, 20, 0, 0]
+    isn_c = seq[0]
+    assert seq[6] == seq[5] == seq[3] == isn_c + 11 and seq[8] == isn_c + 32
+    assert ack[4] == isn_c + 11 and ack[7] == isn_c + 32  # the FIN is acknowledged after its resends
+    assert f.repairs["fin_retransmissions"] == 2
+    monkeypatch.setattr(craft_module, "FIN_RETRANSMISSIONS", 1)
+    f = _one_flow(flags, dirs, payload)
+    seq = f["seq"].astype(np.int64)
+    assert f["tcp_flags"].tolist() == flags[:4] + [ACK, ACK | PSH | FIN, ACK, ACK | FIN, ACK]
+    assert f["payload_len"].tolist() == [0, 0, 10, 20, 0, 20, 0, 0, 0]
+    assert seq[5] == seq[3] and seq[6] == seq[3] + 21 and f.repairs["fin_retransmissions"] == 1
+    # a FIN its direction sends data after is no close: cleared, the data kept
+    h = _one_flow([SYN, SYN | ACK, ACK | PSH | FIN, ACK | PSH, ACK, ACK | FIN, ACK | FIN], [0, 1, 0, 0, 1, 0, 1],
+                  [0, 0, 20, 30, 0, 0, 0])
+    assert h["tcp_flags"].tolist() == [SYN, SYN | ACK, ACK | PSH, ACK | PSH, ACK, ACK | FIN, ACK | FIN]
+    assert h["payload_len"].tolist() == [0, 0, 20, 30, 0, 0, 0] and h.repairs["fin_retransmissions"] == 0
+    # the model gave the resend no data: the FIN alone, after the data
+    g = _one_flow([SYN, SYN | ACK, ACK | PSH | FIN, ACK | PSH | FIN, ACK | FIN, ACK], [0, 1, 0, 0, 1, 0],
+                  [0, 0, 20, 0, 0, 0])
+    assert g["tcp_flags"][3] == ACK | FIN and g["payload_len"][3] == 0
+    assert g["seq"][3] == g["seq"][2] + 20
 
 
 def test_close_flows_off_leaves_open_flows_open():
@@ -420,19 +464,46 @@ def test_tshark_sees_failed_attempts_as_real_ones(tmp_path, tshark):
     retransmissions (as in real captures), nothing else flagged."""
     rows = [(0, 0, SYN, 0), (0, 0, SYN, 0), (0, 0, SYN, 0), (1, 0, SYN, 0), (1, 1, RST, 0),
             (2, 0, SYN, 0), (2, 0, SYN, 0), (2, 1, SYN | ACK, 0), (2, 0, ACK | PSH, 30), (2, 1, ACK, 0),
-            (2, 0, RST, 0), (2, 0, RST, 0)]  # a bare RST repeated: nothing for Wireshark to flag
+            (2, 0, RST, 0), (2, 0, RST, 0),  # a bare RST repeated: nothing for Wireshark to flag
+            (3, 0, SYN, 0), (3, 1, SYN | ACK, 0), (3, 0, ACK | PSH, 10), (3, 1, RST, 0), (3, 0, ACK | PSH, 20),
+            (3, 1, RST, 0)]  # a reset, the peer's segment sent before it arrived, the reset again
     packets = pd.DataFrame(rows, columns=["flow", "direction", "tcp_flags", "payload_len"])
     packets["ts_ns"] = T0 + np.arange(len(rows)) * 10**9
     flows = pd.DataFrame(dict(kind="tcp", src_ip="10.0.0.1", dst_ip="10.0.0.2", src_mac="02:00:00:00:00:01",
-                              dst_mac="02:00:00:00:00:02", src_port=[40000, 40001, 40002], dst_port=80))
+                              dst_mac="02:00:00:00:00:02", src_port=[40000, 40001, 40002, 40003], dst_port=80))
     fields = plan_packets(packets, flows, seed=3, attempts=True)
+    assert fields["tcp_flags"][-4:].tolist() == [ACK | PSH, RST, ACK | PSH, RST]
     path = write_capture(tmp_path / "a.pcap", [build_frames(fields.take(fields.time_order()))])
     v = tshark_verdict(tshark, path)
     assert v["packets"] == len(rows)
-    assert v["tcp_streams"] == 3 and v["streams_opening_with_syn"] == 3, v
+    assert v["tcp_streams"] == 4 and v["streams_opening_with_syn"] == 4, v
     assert v["retransmission"] == 3 and v["retransmissions_other_than_syn"] == 0, v
     assert v["analysis_other_than_dup_ack_or_syn_retransmission"] == 0, v
     assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
+
+
+def test_tshark_sees_repeated_fins_as_retransmissions(tmp_path, tshark, monkeypatch):
+    """A FIN repeated with or without data: Wireshark's retransmission of a lost segment (a note), not
+    a spurious one, nothing missing or unseen; the other side's ACK before the resend repeats."""
+    monkeypatch.setattr(craft_module, "FIN_RETRANSMISSIONS", 6)
+    rows = [(0, 0, SYN, 0), (0, 1, SYN | ACK, 0), (0, 0, ACK | PSH, 30), (0, 1, ACK, 0), (0, 0, FIN | PSH | ACK, 20),
+            (0, 1, ACK, 0), (0, 0, FIN | PSH | ACK, 20), (0, 1, FIN | ACK, 0), (0, 0, ACK, 0),
+            (1, 0, SYN, 0), (1, 1, SYN | ACK, 0), (1, 0, ACK | PSH, 30), (1, 1, PSH | ACK, 100), (1, 0, FIN | ACK, 0),
+            (1, 0, FIN | ACK, 0), (1, 0, FIN | ACK, 0), (1, 1, FIN | ACK, 0), (1, 1, FIN | PSH | ACK, 5), (1, 0, ACK, 0)]
+    packets = pd.DataFrame(rows, columns=["flow", "direction", "tcp_flags", "payload_len"])
+    packets["ts_ns"] = T0 + np.arange(len(rows)) * 10**8
+    flows = pd.DataFrame(dict(kind="tcp", src_ip="10.0.0.1", dst_ip="10.0.0.2", src_mac="02:00:00:00:00:01",
+                              dst_mac="02:00:00:00:00:02", src_port=[40000, 40001], dst_port=80))
+    fields = plan_packets(packets, flows, seed=3)
+    assert fields.repairs["fin_retransmissions"] == 4
+    path = write_capture(tmp_path / "f.pcap", [build_frames(fields.take(fields.time_order()))])
+    v = tshark_verdict(tshark, path)
+    assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
+    assert v["retransmission"] == 4 and v["spurious_retransmission"] == 0, v
+    assert v["analysis_other_than_dup_ack"] == 4, v
+    resent = _tshark_fields(tshark, path, "tcp.analysis.retransmission", "frame.number", "tcp.len", "tcp.seq")
+    assert [r[:2] for r in resent] == [["7", "20"], ["15", "0"], ["16", "0"], ["18", "0"]], resent
+    assert [r[2] for r in resent] == ["31", "31", "31", "101"]  # relative: the first FIN's sequence numbers
 
 
 def test_tshark_finds_link_kinds_valid(tmp_path, tshark):
@@ -465,8 +536,13 @@ def test_tshark_finds_crafted_capture_valid(tmp_path, tshark, payload):
     assert v["packets"] > 5000
     assert v["malformed"] == 0 and v["expert_errors"] == 0 and v["bad_checksums"] == 0, v
     assert v["tcp_streams"] > 300 and v["streams_opening_with_syn"] == v["tcp_streams"], v
-    # consecutive pure ACKs in the input are duplicate ACKs, as in real traffic; nothing else
-    assert v["analysis_other_than_dup_ack"] == 0, v
+    # consecutive pure ACKs in the input are duplicate ACKs, as in real traffic; repeated FINs are
+    # retransmissions of a lost FIN (fast ones where duplicate ACKs came just before); nothing else
+    fins = plan_packets(packets, flows, seed=2).repairs["fin_retransmissions"]
+    assert fins > 0 and v["retransmission"] == v["retransmissions_other_than_syn"] == fins, v
+    fin_retx = _tshark_fields(tshark, path, "tcp.analysis.retransmission && tcp.flags.fin == 1", "frame.number")
+    assert len(fin_retx) == fins, v
+    assert v["analysis_other_than_dup_ack"] == v["retransmission"] + v["fast_retransmission"], v
     if payload == "app":
         assert _tshark_fields(tshark, path, "http.request || tls.record || dns.qry.name", "frame.number")
         assert _tshark_fields(tshark, path, "ssdp", "frame.number")

@@ -74,6 +74,18 @@ def test_packet_table_times_follow_gaps():
     assert t["ts_ns"].tolist() == [1000, 3000, 5000, 6000]  # a first packet's gap is ignored
 
 
+def _real_retransmissions(tshark, ds) -> dict:
+    """Packets, and the FIN and fast retransmissions tshark finds, in the real captures of a dataset."""
+    out = {"packets": 0, "fin": 0, "fast": 0}
+    for src in ds.meta["inputs"]:
+        rows = _tshark_fields(tshark, src["path"], "frame", "tcp.flags", "tcp.analysis.retransmission",
+                              "tcp.analysis.fast_retransmission")
+        out["packets"] += len(rows)
+        out["fin"] += sum(1 for r in rows if len(r) > 1 and r[1] and r[0] and int(r[0], 16) & 1)
+        out["fast"] += sum(1 for r in rows if len(r) > 2 and r[2])
+    return out
+
+
 def test_generate_packets_exact_and_reproducible(trained, tmp_path):
     ds, agg, flows = trained
     s = lambda: Sampler(agg, flows, chunk_flows=50)  # noqa: E731  small chunks: exercise the pending merge
@@ -120,13 +132,23 @@ def test_generated_capture_is_valid_for_tshark(trained, tmp_path, tshark):
     assert v["tcp_streams"] > 1000 and v["streams_opening_with_syn"] == v["tcp_streams"], v
     assert r.repairs["failed_attempts"] > 0
     # sequence numbers follow the payload: nothing missing, nothing acknowledged unseen, no reuse;
-    # the only retransmissions are the attempts' repeated SYNs, no more frequent than in the real data
-    assert v["analysis_other_than_dup_ack_or_syn_retransmission"] == 0, v
+    # the only retransmissions are the attempts' repeated SYNs and repeated FINs (craft rules 0, 4),
+    # each no more frequent than in the real captures, as tshark counts them there
+    assert v["lost_segment"] == v["ack_lost_segment"] == v["out_of_order"] == v["spurious_retransmission"] == 0, v
+    assert v["analysis_other_than_dup_ack_or_syn_retransmission"] == (
+        v["retransmissions_other_than_syn"] + v["fast_retransmission"]), v
+    fin_retx = len(_tshark_fields(tshark, r.path, "tcp.analysis.retransmission && tcp.flags.fin == 1", "frame.number"))
+    assert fin_retx == v["retransmissions_other_than_syn"], v
+    real = _real_retransmissions(tshark, ds)
     p = ds.packets.select(["tcp_flags", "flow_pos", "direction"]).to_pandas()
     real_syn_retx = int((((p["tcp_flags"].fillna(0).astype(int) & 0x17) == 0x2) & (p["flow_pos"] > 0)
                          & (p["direction"] == 0)).sum())
-    assert v["retransmission"] <= r.repairs["syn_retransmissions"], v  # the capture may cut a flow short
-    assert v["retransmission"] / v["packets"] <= 1.5 * real_syn_retx / len(p) + 1e-3, (v, real_syn_retx)
+    syn_retx = v["retransmission"] - fin_retx
+    assert syn_retx <= r.repairs["syn_retransmissions"], v  # the capture may cut a flow short
+    assert syn_retx / v["packets"] <= 1.5 * real_syn_retx / len(p) + 1e-3, (v, real_syn_retx)
+    assert 0 < fin_retx <= r.repairs["fin_retransmissions"], v
+    assert fin_retx / v["packets"] <= 1.5 * real["fin"] / real["packets"] + 1e-3, (v, real)
+    assert v["fast_retransmission"] / v["packets"] <= 1.5 * real["fast"] / real["packets"] + 1e-3, (v, real)
     # the link-local traffic of the real captures is crafted too, and dissected as such
     kinds = {r[0] for r in _tshark_fields(tshark, r.path, "igmp || eapol || llc || arp", "frame.protocols")}
     for proto in ("igmp", "eapol", "arp"):

@@ -40,11 +40,18 @@ TCP repair rules (as little change as possible; counted in ``PacketFields.repair
    set is inserted before it, at its timestamp. SYN and SYN+ACK carry no payload.
 2. After the handshake, SYN is cleared and ACK set on every packet but a closing RST sent
    without ACK (a bare RST, as stacks send; its acknowledgement field is then 0).
-3. RST only in a flow's closing run: its last packet and the RSTs the same side sent right
-   before it (cleared elsewhere; a third of real RSTs are such repeated bare RSTs, which
-   Wireshark flags nothing in); a RST carries no payload, FIN or PSH.
-4. Each direction sends at most one FIN: its last one is kept, earlier ones cleared; packets
-   that direction sends after its FIN carry no payload.
+3. RST only where the flow's last sender closes: its RSTs after which it sends nothing but RSTs
+   (cleared elsewhere, and from the other side); the other side's packets may come between,
+   sent before the RST reached it, as around 1 % of the real RSTs (a third of real RSTs are
+   repeated bare RSTs, which Wireshark flags nothing in); a RST carries no payload, FIN or PSH.
+4. A direction's first FIN after its last data closes it (FINs before that data are cleared):
+   packets it sends after carry no payload, PSH or FIN, except its next FINs (up to
+   ``FIN_RETRANSMISSIONS``), kept as retransmissions of the first: the same sequence number and
+   data (or, where the model gave one no payload, the FIN alone, at the FIN's sequence number),
+   no new sequence space. The other side's packets until the last resend acknowledge nothing of
+   what is resent (the FIN was lost), so that Wireshark sees retransmissions, not spurious ones,
+   as real captures hold (0.5 % of their TCP packets, three in four with data); the flow model
+   repeats FINs at about that rate.
 5. A flow with neither FIN nor RST gets FIN on its last packet (it closes with FIN/ACK), unless
    the model opened it with its own full handshake (``open_established``, the default): then the
    model left an established connection open, as 3 % of the real established flows are, cut by
@@ -112,6 +119,11 @@ MLD_GROUPS = np.array([np.frombuffer(ipaddress.IPv6Address(a).packed, np.uint8) 
 HBH_ROUTER_ALERT = bytes.fromhex("3a00050200000100")  # next: ICMPv6; router alert (MLD); PadN
 LLC_XID = bytes.fromhex("0001af810100")  # 802.2 XID response, null SAPs (what Linux bridges announce)
 MAX_IP_PAYLOAD = 65535
+# repeated FINs a direction may send after its first, each resending it. Real captures: 0.51 % of
+# TCP packets are such retransmissions, 95 % of the directions that repeat their FIN do it once (at
+# most 6 times); the flow model repeats FINs about 1.1x as often, so one resend keeps the rate at
+# or below the real one (6 gives 0.54 %)
+FIN_RETRANSMISSIONS = 1
 PAYLOAD_MODES = ("zeros", "app")
 # port -> least non-empty payload that Wireshark's dissector for that port accepts (TCP or UDP;
 # over TCP, DNS adds its 2-byte length prefix)
@@ -316,13 +328,16 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     t = tcp_row
     off = np.repeat(hs_off, np.diff(np.append(firsts, len(flow))))  # insertions come after a SYN run
     zero_pl = t & (pos_in <= 1 + off) & (pl > 0)
-    # the closing run: the last packet and, before it, the RSTs its sender sent right before it
+    # closing: the last packet, and a RST of the last packet's sender after which it sends nothing
+    # but RSTs (the peer's packets may come between, sent before the RST reached it)
     flow_idx = np.cumsum(np.r_[True, flow[1:] != flow[:-1]]) - 1 if len(flow) else np.zeros(0, np.int64)
+    side = flow_idx * 2 + d
+    last_other = np.full(2 * len(firsts), -1, np.int64)  # per (flow, direction): its last packet that is no RST
+    other = np.flatnonzero((fl & RST) == 0)
+    np.maximum.at(last_other, side[other], other)
     last_rows = np.append(firsts[1:] - 1, len(flow) - 1)
-    in_run = ((fl & RST) != 0) & (d == d[last_rows][flow_idx])
-    breaks = np.where(in_run, -1, pos_in)
-    last_break = np.maximum.reduceat(breaks, firsts) if len(flow) else breaks
-    closing = last | (in_run & (pos_in > last_break[flow_idx]))
+    closer = d == d[last_rows][flow_idx]
+    closing = last | (((fl & RST) != 0) & closer & (np.arange(len(flow)) > last_other[side]))
     # rule 2 (closing RSTs without ACK stay so: stacks send bare RSTs, 0.8 % of real packets)
     bare_rst = t & closing & (pos_in >= 1) & ((fl & (RST | ACK)) == RST)
     fl = np.where(t & (pos_in >= 2 + off), fl & ~SYN, fl)
@@ -332,24 +347,35 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     rst = t & closing & ((fl & RST) != 0)
     fl = np.where(rst, fl & ~(FIN | PSH), fl)
     zero_pl |= rst & (pl > 0)
-    # rule 4
-    fin_rows = np.flatnonzero(t & ((fl & FIN) != 0))
-    key = flow.astype(np.int64) * 2 + d
-    if len(fin_rows):
-        k = key[fin_rows]
-        # the last FIN row per (flow, direction): rows are in order, so the final occurrence wins
-        uk, rev_idx = np.unique(k[::-1], return_index=True)
-        lf_rows = fin_rows[::-1][rev_idx]
-        table_key, table_row = uk, lf_rows
-        loc = np.searchsorted(table_key, key)
-        loc = np.minimum(loc, len(table_key) - 1)
-        has = t & (table_key[loc] == key)
-        lf = np.where(has, table_row[loc], -1)
-        earlier_fin = has & (np.arange(len(flow)) < lf) & ((fl & FIN) != 0)
-        fl = np.where(earlier_fin, fl & ~FIN, fl)
-        after = has & (np.arange(len(flow)) > lf)
-        zero_pl |= after & (pl > 0)
-        fl = np.where(after, fl & ~PSH, fl)
+    # rule 4: a direction's first FIN after its data closes it; its next FINs resend it
+    # a FIN its direction sends data after is no close: cleared (the data stays)
+    last_data = np.full(2 * len(firsts), -1, np.int64)  # per (flow, direction): its last data without FIN
+    data = np.flatnonzero(t & (pl > 0) & ~zero_pl & ((fl & FIN) == 0))
+    np.maximum.at(last_data, side[data], data)
+    is_fin = t & ((fl & FIN) != 0)
+    early = is_fin & (np.arange(len(flow)) < last_data[side])
+    fl = np.where(early, fl & ~FIN, fl)
+    is_fin &= ~early
+    key = side
+    order = np.lexsort((np.arange(len(flow)), key))  # rows by (flow, direction), in flow order
+    k_sorted, fin_sorted = key[order], is_fin[order]
+    grp_start = np.r_[True, k_sorted[1:] != k_sorted[:-1]] if len(flow) else np.zeros(0, bool)
+    grp_first = np.maximum.accumulate(np.where(grp_start, np.arange(len(flow)), 0)) if len(flow) else grp_start
+    fins_before = _grouped_exclusive_cumsum(fin_sorted.astype(np.int64), grp_first) if len(flow) else grp_first
+    nth = np.empty(len(flow), np.int64)
+    nth[order] = fins_before  # FINs its direction sent before each row
+    first_fin_at = np.where(fin_sorted, np.arange(len(flow)), len(flow))
+    first_fin_at = np.minimum.reduceat(first_fin_at, np.flatnonzero(grp_start)) if len(flow) else first_fin_at
+    grp_id = np.cumsum(grp_start) - 1
+    orig = np.empty(len(flow), np.int64)
+    orig[order] = np.where(first_fin_at[grp_id] < len(flow), order[np.minimum(first_fin_at[grp_id], len(flow) - 1)], -1)
+    resend = is_fin & (nth >= 1) & (nth <= FIN_RETRANSMISSIONS) & ~((fl & RST) != 0)
+    after = t & (nth >= 1) & ~resend  # its direction already sent its FIN: no data, no FIN
+    fl = np.where(after, fl & ~(FIN | PSH), fl)
+    zero_pl |= after & (pl > 0)
+    fin_orig = np.where(resend, orig, -1)
+    retx = retx | resend
+    repairs["fin_retransmissions"] = int(resend.sum())
     # rule 5
     has_close = np.zeros(len(flow), bool)
     closing = t & ((fl & (FIN | RST)) != 0)
@@ -364,7 +390,7 @@ def _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs, close_flows=True, hdr=Non
     repairs["flags_changed"] = int(((fl != before) & (src >= 0)).sum())
     repairs["payload_zeroed"] = int((zero_pl & (src >= 0)).sum())
     pl = np.where(zero_pl, 0, pl)
-    return flow, d, fl, pl, ts, tcp_row, src, hdr, retx
+    return flow, d, fl, pl, ts, tcp_row, src, hdr, retx, fin_orig
 
 
 def _spread_acks(flow, d, fl, pl, tcp, consumed, full, row_first) -> np.ndarray:
@@ -414,6 +440,30 @@ def _spread_acks(flow, d, fl, pl, tcp, consumed, full, row_first) -> np.ndarray:
         idx = np.flatnonzero(d == side)
         if len(idx):
             out[idx] = _grouped_cummax(out[idx], flow[idx])
+    return out
+
+
+def _unacked_until_resent(flow, d, fin_orig, resent_from, acked) -> np.ndarray:
+    """Cap the acknowledgements the other side sends between a FIN and its retransmission below the
+    resent bytes (``resent_from``, relative to the sender's ISN), so that Wireshark sees the
+    retransmission of a lost segment, not a spurious one. Rows grouped by flow, in order."""
+    out = acked.copy()
+    for side in (0, 1):
+        r = np.flatnonzero((fin_orig >= 0) & (d == side))
+        if len(r) == 0:
+            continue
+        # one interval per FIN, rows fin+1 .. its last resend - 1 (a direction's never overlap),
+        # below the least of what its resends carry
+        o = fin_orig[r]
+        group = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])
+        least = np.minimum.reduceat(resent_from[r], group)
+        o, r = o[group], r[np.append(group[1:], len(r)) - 1]
+        step = np.zeros(len(flow) + 1, np.int64)
+        np.add.at(step, o + 1, least + 1)
+        np.add.at(step, r, -(least + 1))
+        level = np.cumsum(step[:-1])  # resent_from + 1 inside an interval, 0 outside
+        hit = (level > 0) & (d != side)
+        out[hit] = np.minimum(out[hit], level[hit] - 1)
     return out
 
 
@@ -521,10 +571,10 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
     d = np.where(np.isin(kind[flow], (IGMP, LLC)) | ((kind[flow] == ARP) & ((dst_mac[flow, 0] & 1) == 1)), 0, d)
     tcp_row = kind[flow] == TCP
     if len(flow):
-        flow, d, fl, pl, ts, tcp_row, _, hdr, retx = _repair_tcp(flow, d, fl, pl, ts, tcp_row, repairs,
-                                                                 close_flows, hdr, attempts, open_established)
+        flow, d, fl, pl, ts, tcp_row, _, hdr, retx, fin_orig = _repair_tcp(
+            flow, d, fl, pl, ts, tcp_row, repairs, close_flows, hdr, attempts, open_established)
     else:
-        retx = np.zeros(0, bool)
+        retx, fin_orig = np.zeros(0, bool), np.zeros(0, np.int64)
     n = len(flow)
     row_first, firsts = _flow_starts(flow) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     pos = np.arange(n) - row_first
@@ -602,6 +652,10 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
     clipped = pl > cap
     repairs["payload_clipped"] = int(clipped.sum())
     pl = np.minimum(pl, cap)
+    # a FIN retransmission resends its FIN's data too, or (the model gave it none) the FIN alone
+    fin_retx = fin_orig >= 0
+    pl = np.where(fin_retx, np.where(pl > 0, pl[np.maximum(fin_orig, 0)], 0), pl)
+    fl = np.where(fin_retx & (pl == 0), fl & ~PSH, fl)
     # Ethernet padding where the model's frame is 60 bytes and the crafted one would be shorter
     natural = ETH_LEN + ip_len + l4_len + pl
     pad = np.where((want == MIN_FRAME) & (natural < MIN_FRAME), MIN_FRAME - natural, 0)
@@ -620,9 +674,12 @@ def plan_packets(packets, flows, *, seed: int = 0, close_flows: bool = True,
     id_base = rng.integers(0, 1 << 16, size=(n_flows, 2), dtype=np.int64)
     icmp_id = rng.integers(0, 1 << 16, size=n_flows, dtype=np.int64)
     label = rng.integers(0, 1 << 20, size=(n_flows, 2), dtype=np.int64)
-    seq = (isn[flow, d] + np.where(fwd, s0, s1) - retx) & 0xFFFFFFFF
+    # a retransmission steps back over what it resends (a SYN: 1; a FIN: its data and 1)
+    seq = (isn[flow, d] + np.where(fwd, s0, s1) - np.where(retx, 1 + np.where(fin_retx, pl, 0), 0)) & 0xFFFFFFFF
     acked = _spread_acks(flow, d, fl, pl, kp == TCP, consumed, np.where(fwd, s1, s0), row_first) if n \
         else np.zeros(0, np.int64)
+    if fin_retx.any():  # the FIN was lost: the other side's packets before its resend do not acknowledge it
+        acked = _unacked_until_resent(flow, d, fin_orig, np.where(fwd, s0, s1) - pl - 1, acked)
     ack = np.where((fl & ACK) != 0, (isn[flow, 1 - d] + acked) & 0xFFFFFFFF, 0)
     win = np.where(fwd, win_s[flow], win_d[flow])
     repairs["window_raised"] = int(((win <= 0) & (kp == TCP)).sum())
