@@ -270,11 +270,15 @@ def test_flows_of_unknown_applications_avoid_dissected_ports(model):
     application we cannot write (their zeros would be a malformed A21 or GSM IPA message)."""
     from necst.model.aggregate import DISSECTOR_PORTS, undissected
 
-    ports = np.array([0, 23272, 23272, 4249, 50000, 443])
+    from necst.process.apps import LABELLED_PORTS
+
+    ports = np.array([0, 23272, 23272, 4249, 69, 50000, 443, 123])
     moved = undissected(ports)
-    assert moved[0] == 0 and moved[4] == 50000 and moved[1] == moved[2]
-    assert not np.isin(moved[1:], DISSECTOR_PORTS).any() and (moved[1:4] > ports[1:4]).all()
+    assert moved[0] == 0 and moved[1] == moved[2]
+    assert (moved[5:] == ports[5:]).all()  # not dissected, or an application of ours
+    assert not np.isin(moved[1:5], DISSECTOR_PORTS).any() and (moved[1:5] > ports[1:5]).all()
     plan = model.sample(n_flows=3000, seed=5)
     unknown = plan[(plan["app"].astype(str) == "unknown") & plan["kind"].isin(["tcp", "udp"])]
     assert len(unknown)
-    assert not np.isin(unknown[["src_port", "dst_port"]].to_numpy(np.int64), DISSECTOR_PORTS).any()
+    p = unknown[["src_port", "dst_port"]].to_numpy(np.int64)
+    assert not (np.isin(p, DISSECTOR_PORTS) & ~np.isin(p, LABELLED_PORTS)).any()

@@ -61,10 +61,15 @@ DEFAULT_PORT_RANGES = (0.0, 1024, 4999, EPHEMERAL_LO, LINUX_EPHEMERAL_HI)
 MIN_PORT_SPAN = 1024  # a host's ports count up over at least this many before a 4-tuple comes back
 SEPARATE_MAX_S = 300.0  # flows a meter would key alike: the longest extent counted on (_separate_keys)
 SESSION_GAP_LEVELS = 21  # quantiles of each session's gaps between flow starts
-# Ports >= 1024 that Wireshark 4.0 dissects by number (`tshark -G decodes`, tcp.port and udp.port):
-# an ephemeral port among them makes Wireshark read the flow as that protocol (GSM IPA on 4249,
-# say) and call its zero payloads malformed, so ephemeral ports skip them.
+# Ports that Wireshark 4.0 dissects by number (`tshark -G decodes`, tcp.port and udp.port): a
+# port among them makes Wireshark read the flow as that protocol (GSM IPA on 4249, TFTP on 69,
+# say) and call its zero payloads malformed, so ephemeral ports skip them, and so do flows whose
+# application we cannot write (``undissected``).
 _DISSECTOR_PORTS = (
+    "7 13 19-23 25 37 42-43 49 53 67-70 79-80 88 102 104 110-111 119 123 137-139 143 161-162 173 "
+    "177 179 199 210 213 269 319-320 323-324 389 427 434 443 445 464-465 473 496 500 502 512-515 "
+    "520-521 524-525 539 546-548 554 564 573 587 623 631 636 639 646-647 654 664 674 698-699 701 "
+    "705 750 802 829 853-854 862 873 910 921 925 988 993 995 1001 "
     "1044 1052 1069 1080 1089-1091 1099 1101-1102 1113 1153 1194 1213 1293 1300 1344 1433 1521 1533 "
     "1547 1628-1629 1645-1646 1700-1701 1718-1719 1723 1745 1755 1812-1813 1861 1863 1883 1900 1935 "
     "1978-1979 1985 1998 2000-2001 2029 2048 2055 2065 2067 2099 2123 2126 2152 2157 2190 2221-2222 "
@@ -92,15 +97,20 @@ _DISSECTOR_PORTS = (
 
 
 def undissected(ports: np.ndarray) -> np.ndarray:
-    """Each port tshark dissects by number moved to the next port it does not (others unchanged).
+    """Each port tshark dissects by number as a protocol we have no label for, moved to the next
+    port it does not dissect (others unchanged).
 
     For flows whose application we cannot write: their payload is zeros (or bytes of no known
-    protocol), which a binary dissector reads as a malformed message (UDP 23272, A21, is one in
-    the IoT Sentinel captures). Flows that shared a port still share one (neighbouring dissector
-    ports may land on the same free port). About 1% of the IoT Sentinel flows are concerned.
+    protocol), which such a dissector reads as a malformed message (A21 on UDP 23272 and TFTP
+    on 69 in the IoT Sentinel captures). Ports of our own applications stay: an NTP flow whose
+    bytes failed the NTP check is still an NTP flow, and zeros there are tested valid. Flows
+    that shared a port still share one (neighbouring dissector ports may land on the same free
+    port). About 1% of the IoT Sentinel flows are concerned.
     """
+    from necst.process.apps import LABELLED_PORTS
+
     p = np.asarray(ports, dtype=np.int64)
-    hit = (p > 0) & np.isin(p, DISSECTOR_PORTS)
+    hit = (p > 0) & np.isin(p, DISSECTOR_PORTS) & ~np.isin(p, LABELLED_PORTS)
     if not hit.any():
         return p
     i = np.minimum(np.searchsorted(FREE_PORTS, p[hit]), len(FREE_PORTS) - 1)

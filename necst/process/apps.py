@@ -90,6 +90,8 @@ _TCP_TABLE = _port_table(_TCP_PORTS)
 _SHARED_TCP_PORTS = np.zeros(_NO_PORT + 1, dtype=bool)
 _SHARED_TCP_PORTS[[8000, 8080, 8443]] = True
 _UDP_TABLE = _port_table(_UDP_PORTS)
+# Every port that names an application of ours, TCP or UDP.
+LABELLED_PORTS = np.flatnonzero((_TCP_TABLE[:_NO_PORT] > 0) | (_UDP_TABLE[:_NO_PORT] > 0))
 
 
 # --- byte classes --------------------------------------------------------------------------
