@@ -235,7 +235,8 @@ def main() -> None:
     ap.add_argument("--rem-exact", type=int, default=FlowModel().rem_exact,
                     help="packets remaining known exactly below this (16: before session 4)")
     ap.add_argument("--self-feed", type=float, default=FlowModel().self_feed,
-                    help="scheduled sampling: share of fed-back own draws in training (0: teacher forcing)")
+                    help="scheduled sampling: share of fed-back own draws in training (0: teacher forcing;"
+                         " FlowModel's default tokens and kinds: dir, flag, code of tcp)")
     ap.add_argument("--noise-reps", type=int, default=20,
                     help="bootstrap replicates for the noise level of each ratio (0: skip)")
     ap.add_argument("--sample-seeds", type=int, default=5,
