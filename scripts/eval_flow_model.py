@@ -23,7 +23,7 @@ With --validate the held-out part is not read: the training part is cut again pe
 
 usage: PYTHONPATH=. python scripts/eval_flow_model.py [--train DIR] [--heldout DIR]
        [--packet-model length|train|BUNDLE] [--epochs N] [--seed S] [--save DIR] [--time-data DIR]
-       [--validate] [--prev-in-heads 0|1] [--rem-exact N] [--noise-reps N] [--sample-seeds K]
+       [--validate] [--prev-in-heads 0|1] [--rem-exact N] [--self-feed P] [--noise-reps N] [--sample-seeds K]
 Datasets are made from ../shared/tools/iot_split.py when the folders do not exist.
 """
 from __future__ import annotations
@@ -234,6 +234,9 @@ def main() -> None:
     ap.add_argument("--prev-in-heads", type=int, default=1, help="1: architecture v2, 0: v1")
     ap.add_argument("--rem-exact", type=int, default=FlowModel().rem_exact,
                     help="packets remaining known exactly below this (16: before session 4)")
+    ap.add_argument("--self-feed", type=float, default=FlowModel().self_feed,
+                    help="scheduled sampling: share of fed-back own draws in training (0: teacher forcing;"
+                         " FlowModel's default tokens and kinds: dir, flag, code of tcp)")
     ap.add_argument("--noise-reps", type=int, default=20,
                     help="bootstrap replicates for the noise level of each ratio (0: skip)")
     ap.add_argument("--sample-seeds", type=int, default=5,
@@ -252,6 +255,7 @@ def main() -> None:
 
     cpu0 = time.process_time()
     fm = FlowModel.load(a.load) if a.load else FlowModel(epochs=a.epochs, seed=a.seed, rem_exact=a.rem_exact,
+                                                            self_feed=a.self_feed,
                                                             prev_in_heads=bool(a.prev_in_heads)).fit(train, pm)
     fit_cpu = time.process_time() - cpu0
     if a.code_pool is not None:
@@ -335,7 +339,7 @@ def main() -> None:
         big = load_dataset(a.time_data)
         pm_big = pm if a.packet_model != "length" else load_packet_model("length", big)[0]
         cpu_b = time.process_time()
-        fb = FlowModel(epochs=a.epochs, seed=a.seed, rem_exact=a.rem_exact).fit(big, pm_big)
+        fb = FlowModel(epochs=a.epochs, seed=a.seed, rem_exact=a.rem_exact, self_feed=a.self_feed).fit(big, pm_big)
         cpu_b = time.process_time() - cpu_b
         print(f"train all on {a.time_data} ({big.packets.num_rows} packets): {fb.fit_seconds_:.1f} s ("
               + ", ".join(f"{k} {h['seconds']:.0f} s / {len(h['loss'])} epochs" for k, h in fb.history_.items())

@@ -263,3 +263,56 @@ def test_sampling_a_saved_model_needs_no_tensorflow(trained, tmp_path):
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False", out.stdout + out.stderr
+
+
+def test_own_draws_replace_only_later_steps_at_the_share():
+    """Scheduled sampling swaps the fed-back tokens at about ``share`` of the steps after each
+    window's first, for draws of the network's own heads (valid tokens), and nothing at share 0."""
+    import tensorflow as tf
+
+    from necst.model.flow import _own_draws
+
+    pf = make_features(n_tcp=20, n_udp=0, n_noflow=0)
+    pm = LengthCodes(n_bins=4).fit(pf)
+    fm = FlowModel(units=8, window=16, epochs=1, batch_size=64, val_fraction=0.0).fit(pf, pm)
+    tok, vocab = fm._tokens(pf, None, "tcp", pm, fm.vocab_["tcp"])
+    b = fm._batch(tok, vocab, *fm._windows(tok, np.arange(20)))
+    tb = {k: tf.constant(v) for k, v in b.items()}
+    seed = tf.constant([3, 4], tf.int32)
+    same = _own_draws(fm.models_["tcp"], tb, 0.0, seed)
+    for name in ("dir", "flag", "code", "gap"):
+        np.testing.assert_array_equal(same[f"prev_{name}"].numpy(), b[f"prev_{name}"])
+    mixed = {k: v.numpy() for k, v in _own_draws(fm.models_["tcp"], tb, 0.5, seed).items()}
+    again = {k: v.numpy() for k, v in _own_draws(fm.models_["tcp"], tb, 0.5, seed).items()}
+    m = b["mask"][:, 1:] > 0
+    changed = np.zeros_like(m)
+    for name, n_tok in (("dir", 2), ("flag", len(vocab.flags)), ("code", vocab.n_codes), ("gap", fm.n_gap_bins)):
+        np.testing.assert_array_equal(mixed[f"prev_{name}"], again[f"prev_{name}"])  # seeded
+        np.testing.assert_array_equal(mixed[f"prev_{name}"][:, 0], b[f"prev_{name}"][:, 0])
+        assert mixed[f"prev_{name}"][:, 1:][m].max() < n_tok
+        changed |= mixed[f"prev_{name}"][:, 1:] != b[f"prev_{name}"][:, 1:]
+        np.testing.assert_array_equal(mixed[f"cur_{name}"], b[f"cur_{name}"])  # targets stay true
+    assert 0.3 < changed[m].mean() < 0.7  # an untrained net's draws differ from the truth mostly
+    kept = {k: v.numpy() for k, v in _own_draws(fm.models_["tcp"], tb, 0.5, seed, ("dir", "flag")).items()}
+    np.testing.assert_array_equal(kept["prev_gap"], b["prev_gap"])  # only the tokens named are replaced
+    np.testing.assert_array_equal(kept["prev_flag"], mixed["prev_flag"])
+
+
+def test_self_feed_changes_training_only_of_its_kinds_and_old_configs_load_without_it(tmp_path, monkeypatch):
+    from necst.bundle import BundleWriter, load
+
+    pf = make_features(n_tcp=12, n_udp=0, n_noflow=0)
+    pm = LengthCodes(n_bins=4).fit(pf)
+    kw = dict(units=8, window=8, epochs=1, batch_size=32, val_fraction=0.0, seed=1, self_feed=0.5)
+    a = FlowModel(**kw).fit(pf, pm)
+    c = FlowModel(self_feed_kinds=("udp",), **kw).fit(pf, pm)  # tcp trained by teacher forcing alone
+    assert any(not np.array_equal(a.arrays_["tcp"][k], c.arrays_["tcp"][k]) for k in a.arrays_["tcp"])
+    old_config = {k: v for k, v in FlowModel.get_config(a).items() if k != "self_feed"}
+    monkeypatch.setattr(a, "get_config", lambda: old_config)
+    w = BundleWriter(tmp_path / "b", "generator", {"levels": ["flow"]})
+    a.write_to(w)
+    w.commit()
+    back = FlowModel.read_from(load(tmp_path / "b", kind="generator"))
+    assert back.self_feed == 0.0  # a training setting: sampling is the same
+    req = a.sample_requests(40, seed=2)
+    pd.testing.assert_frame_equal(a.sample(req, pm, seed=2), back.sample(req, pm, seed=2))
