@@ -174,18 +174,23 @@ def test_size_classes_and_positions():
         FlowModel(rem_exact=48).fit(make_features(n_tcp=4, n_udp=0, n_noflow=0), LengthCodes(n_bins=4))
 
 
-def test_bundle_without_rem_exact_loads_with_the_old_buckets(trained, tmp_path, monkeypatch):
-    """Bundles saved before ``rem_exact`` was a setting bucketed the packets remaining from 16 on."""
+def _reloaded_without(fm, setting: str, tmp_path, monkeypatch) -> FlowModel:
+    """``fm`` saved as a bundle from before ``setting`` existed, and loaded back."""
     from necst.bundle import BundleWriter, load
 
-    pf, pm, _ = trained
-    fm = FlowModel(units=8, window=32, epochs=2, batch_size=64, val_fraction=0.0, rem_exact=16).fit(pf, pm)
-    old_config = {k: v for k, v in FlowModel.get_config(fm).items() if k != "rem_exact"}
+    old_config = {k: v for k, v in FlowModel.get_config(fm).items() if k != setting}
     monkeypatch.setattr(fm, "get_config", lambda: old_config)
     w = BundleWriter(tmp_path / "b", "generator", {"levels": ["flow"]})
     fm.write_to(w)
     w.commit()
-    back = FlowModel.read_from(load(tmp_path / "b", kind="generator"))
+    return FlowModel.read_from(load(tmp_path / "b", kind="generator"))
+
+
+def test_bundle_without_rem_exact_loads_with_the_old_buckets(trained, tmp_path, monkeypatch):
+    """Bundles saved before ``rem_exact`` was a setting bucketed the packets remaining from 16 on."""
+    pf, pm, _ = trained
+    fm = FlowModel(units=8, window=32, epochs=2, batch_size=64, val_fraction=0.0, rem_exact=16).fit(pf, pm)
+    back = _reloaded_without(fm, "rem_exact", tmp_path, monkeypatch)
     assert back.rem_exact == 16
     req = pd.DataFrame({"kind": "tcp", "app": "http", "packets": [21] * 20 + [17] * 20})
     pd.testing.assert_frame_equal(fm.sample(req, pm, seed=2), back.sample(req, pm, seed=2))
@@ -299,20 +304,13 @@ def test_own_draws_replace_only_later_steps_at_the_share():
 
 
 def test_self_feed_changes_training_only_of_its_kinds_and_old_configs_load_without_it(tmp_path, monkeypatch):
-    from necst.bundle import BundleWriter, load
-
     pf = make_features(n_tcp=12, n_udp=0, n_noflow=0)
     pm = LengthCodes(n_bins=4).fit(pf)
     kw = dict(units=8, window=8, epochs=1, batch_size=32, val_fraction=0.0, seed=1, self_feed=0.5)
     a = FlowModel(**kw).fit(pf, pm)
     c = FlowModel(self_feed_kinds=("udp",), **kw).fit(pf, pm)  # tcp trained by teacher forcing alone
     assert any(not np.array_equal(a.arrays_["tcp"][k], c.arrays_["tcp"][k]) for k in a.arrays_["tcp"])
-    old_config = {k: v for k, v in FlowModel.get_config(a).items() if k != "self_feed"}
-    monkeypatch.setattr(a, "get_config", lambda: old_config)
-    w = BundleWriter(tmp_path / "b", "generator", {"levels": ["flow"]})
-    a.write_to(w)
-    w.commit()
-    back = FlowModel.read_from(load(tmp_path / "b", kind="generator"))
+    back = _reloaded_without(a, "self_feed", tmp_path, monkeypatch)
     assert back.self_feed == 0.0  # a training setting: sampling is the same
     req = a.sample_requests(40, seed=2)
     pd.testing.assert_frame_equal(a.sample(req, pm, seed=2), back.sample(req, pm, seed=2))
