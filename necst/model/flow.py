@@ -20,6 +20,12 @@ The packet code is the packet model's discrete description (``packet_model.encod
 gap is a categorical over log-spaced bins, sampled log-uniformly within its bin, so the
 spread of gaps is kept rather than collapsed to a mean.
 
+A packet's exact header and payload lengths come from ``exact_lengths`` (default on;
+``necst.model.exact_lengths``): the lengths its code carried in training under the flow's
+condition, given the previous packet's length for a flow's first packets (an answer follows
+its question), repeated inside a flow as often as in training. Bundles made before it keep the
+packet model's length drawn inside the code's bin.
+
 ``self_feed`` (scheduled sampling; off by default) feeds a share of the network's own draws
 back as the previous packet while training (``self_feed_tokens`` of it, for
 ``self_feed_kinds``), since sampling feeds it its own draws, not the real packets. On the
@@ -47,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from necst.errors import BundleError, NecstError
+from necst.model.exact_lengths import ExactLengths
 from necst.model.lstm_numpy import ARCH_V1, ARCH_V2, StepNet, Walker, keras_arrays
 from necst.process.features import NOT_TCP, flag_bits, packet_features
 
@@ -214,7 +221,7 @@ class FlowModel:
                  patience: int = 4, prev_in_heads: bool = True, end_at_count: bool = True,
                  code_pool: int = 256, rem_exact: int = 64, self_feed: float = 0.0,
                  self_feed_tokens: tuple = ("dir", "flag", "code"), self_feed_kinds: tuple = ("tcp",),
-                 seed: int = 0, verbose: bool = False):
+                 exact_lengths: bool = True, seed: int = 0, verbose: bool = False):
         self.units, self.window, self.epochs, self.batch_size = units, window, epochs, batch_size
         self.learning_rate, self.n_gap_bins = learning_rate, n_gap_bins
         self.min_flag_count, self.max_flags, self.min_app_count = min_flag_count, max_flags, min_app_count
@@ -222,12 +229,13 @@ class FlowModel:
         self.prev_in_heads, self.end_at_count, self.code_pool = prev_in_heads, end_at_count, code_pool
         self.rem_exact, self.self_feed = rem_exact, self_feed
         self.self_feed_tokens, self.self_feed_kinds = tuple(self_feed_tokens), tuple(self_feed_kinds)
+        self.exact_lengths = exact_lengths
 
     def get_config(self) -> dict:
         return {k: getattr(self, k) for k in (
             "units", "window", "epochs", "batch_size", "learning_rate", "n_gap_bins", "min_flag_count",
             "max_flags", "min_app_count", "val_fraction", "patience", "prev_in_heads", "end_at_count", "code_pool",
-            "rem_exact", "self_feed", "self_feed_tokens", "self_feed_kinds", "seed")}
+            "rem_exact", "self_feed", "self_feed_tokens", "self_feed_kinds", "exact_lengths", "seed")}
 
     # -- data -----------------------------------------------------------------------------
 
@@ -322,6 +330,8 @@ class FlowModel:
             "gap": gap, "last": last, "pos": pos, "seq_start": start, "seq_len": length,
             "rem": length[seq_of] - 1 - pos,
             "app": vocab.app_ids(app_of_flow)[seq_of], "size": sclass[seq_of].astype(np.int32),
+            "seq": seq_of, "payload": rows["payload_len"].fillna(0).to_numpy(np.int64),
+            "hdr": rows["hdr_len"].fillna(0).to_numpy(np.int64),
         }
         return tok, vocab
 
@@ -373,7 +383,7 @@ class FlowModel:
         self.gap_edges_ = self._gap_edges(pf["gap_s"].to_numpy(np.float64)[later])
         keras.utils.set_random_seed(self.seed)
         tf.config.experimental.enable_op_determinism()
-        self.vocab_, self.models_, self.arrays_, self.history_ = {}, {}, {}, {}
+        self.vocab_, self.models_, self.arrays_, self.history_, self.lengths_ = {}, {}, {}, {}, {}
         self.arch_ = self._arch()
         self.__dict__.pop("_nets", None)
         self.__dict__.pop("_pools", None)
@@ -387,6 +397,10 @@ class FlowModel:
             else:
                 tok, vocab = self._tokens(rows, flow_app, kind, packet_model, None)
             self.vocab_[kind] = vocab
+            if self.exact_lengths:
+                self.lengths_[kind] = ExactLengths.fit(
+                    tok["code"], tok["app"], tok["dir"] * (len(vocab.flags) + 1) + tok["flag"], tok["seq"],
+                    tok["hdr"], tok["payload"], len(vocab.apps))
             keras.utils.set_random_seed(self.seed + ki)
             model = self._build(vocab)
             feed = float(self.self_feed) if kind in self.self_feed_kinds else 0.0
@@ -703,6 +717,13 @@ class FlowModel:
             "gap_s": gap, "time_s": time_s,
         }
         fields = self._packet_fields(kind, ki, out["code"], packet_model, seed)
+        exact = getattr(self, "lengths_", {}).get(kind)
+        if exact is not None and "payload_len" in fields and "hdr_len" in fields:
+            step = tok[0].astype(np.int64) * (len(v.flags) + 1) + tok[1]
+            fields["hdr_len"], fields["payload_len"] = exact.draw(
+                out["code"], app[local], step, local, fields["hdr_len"], fields["payload_len"],
+                np.random.default_rng([seed, ki, 3]))
+            fields["wire_len"] = fields["hdr_len"] + fields["payload_len"]
         for col, values in fields.items():
             if col not in out:
                 out[col] = values
@@ -751,6 +772,8 @@ class FlowModel:
         for kind, v in self.vocab_.items():
             arrays.update(v.arrays(kind))
             arrays.update({f"{kind}__{name}": a for name, a in self.arrays_[kind].items()})
+            if kind in getattr(self, "lengths_", {}):
+                arrays.update(self.lengths_[kind].to_arrays(f"exact_{kind}_"))
         writer.add_arrays("flow_arrays.npz", **arrays)
         writer.add_json("flow_config.json", {
             "format": FORMAT_VERSION, "arch": self.arch_,
@@ -773,11 +796,12 @@ class FlowModel:
         try:
             config = {k: v for k, v in meta["config"].items() if k in cls().get_config()}
             config.setdefault("rem_exact", 16)  # bundles from before it was a setting
+            config.setdefault("exact_lengths", False)
             model = cls(**config)
             arrays = bundle.arrays("flow_arrays.npz")
             model.gap_edges_ = np.asarray(arrays["gap_edges"], dtype=np.float64)
             model.arch_ = meta.get("arch", ARCH_V1)
-            model.vocab_, model.arrays_ = {}, {}
+            model.vocab_, model.arrays_, model.lengths_ = {}, {}, {}
             for kind, d in meta["kinds"].items():
                 model.vocab_[kind] = _Vocab.from_saved(d, arrays, kind)
                 if fmt == 1:
@@ -787,6 +811,8 @@ class FlowModel:
                     model.arrays_[kind] = {k[len(pre):]: np.asarray(a, dtype=np.float32)
                                            for k, a in arrays.items() if k.startswith(pre)}
                 model._net(kind)  # checks that the weights match the architecture
+                if f"exact_{kind}_shape" in arrays:
+                    model.lengths_[kind] = ExactLengths.from_arrays(arrays, f"exact_{kind}_")
             model.history_ = meta.get("history", {})
             model.fit_seconds_ = meta.get("fit_seconds")
         except (KeyError, TypeError, ValueError) as e:
