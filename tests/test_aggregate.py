@@ -373,11 +373,12 @@ def test_pairs_come_in_their_shares_whatever_the_seed(model):
     packets = int(2 ** P["size"][sel][0])
     assert _size_bucket(np.array([packets]))[0] == P["size"][sel][0]
     g = int(c // 64)
-    w = pd.Series(P["count"][sel], index=pd.MultiIndex.from_arrays([P["src"][sel], P["dst"][sel]])).groupby(level=[0, 1]).sum()
+    pair = pd.MultiIndex.from_arrays([P["src"][sel], P["dst"][sel]])
+    w = pd.Series(P["count"][sel], index=pair).groupby(level=[0, 1]).sum()
+    merged = pd.Series(1, index=pair).groupby(level=[0, 1]).sum()  # pairs rows of one (source, destination)
     n = 997
     for seed in (1, 2):
         plan = pd.DataFrame({"packets": np.full(n, packets), "app": model.groups_[g][1]})
         model._assign_hosts(plan, np.full(n, g), np.random.default_rng(seed))
         got = plan.groupby(["src_host", "dst_host"]).size().reindex(w.index, fill_value=0)
-        merged = pd.Series(1, index=pd.MultiIndex.from_arrays([P["src"][sel], P["dst"][sel]])).groupby(level=[0, 1]).sum()
         assert (abs(got - n * w / w.sum()) <= merged).all(), seed

@@ -369,7 +369,8 @@ class AggregateModel:
             q[s] = np.quantile(between[same & (self.burst_session_[1:] == s)], levels)
         self.session_burst_gap_q_ = q
 
-    def _within_sessions(self, sess: np.ndarray, ks: np.ndarray, rng, rate_scale: float) -> np.ndarray:
+    def _within_sessions(self, sess: np.ndarray, ks: np.ndarray, rng,
+                         rate_scale: float) -> tuple[np.ndarray, np.ndarray]:
         """Flow start offsets (s) from each session's beginning, ``ks[j] > 0`` flows for session
         ``sess[j]``, concatenated: whole bursts (``_burst_offsets``), or for bundles from before
         them, gaps drawn one by one from the session's own (``session_gap_q_``); and each start's
@@ -389,7 +390,7 @@ class AggregateModel:
         c = np.cumsum(gaps)
         return c - np.repeat(c[first], ks)
 
-    def _burst_offsets(self, sess: np.ndarray, ks: np.ndarray, rng, rate_scale: float) -> np.ndarray:
+    def _burst_offsets(self, sess: np.ndarray, ks: np.ndarray, rng, rate_scale: float) -> tuple[np.ndarray, np.ndarray]:
         """Flow start offsets (s) from each session's beginning, ``ks[j]`` flows for session
         ``sess[j]``, concatenated: the session's own bursts whole (each with its flows' learned
         offsets), in calendar order, a seeded random subset of them (all of them, again and again,
@@ -428,8 +429,9 @@ class AggregateModel:
             return np.zeros(0), np.zeros(0, np.int64)
         return np.concatenate(out), np.concatenate(slots)
 
-    def _calendar_starts(self, n_flows, rng, rate_scale) -> np.ndarray:
-        """Start offsets (ns) for ``session_order="calendar"`` (the default): every learned session,
+    def _calendar_starts(self, n_flows, rng, rate_scale) -> tuple[np.ndarray, np.ndarray]:
+        """Start offsets (ns), with their slots (``_within_sessions``), for
+        ``session_order="calendar"`` (the default): every learned session,
         in the order the calendar had them, each with its share of the flows asked for (drawn
         systematically, so the shares hold up to rounding) and its own gaps between flow starts;
         the silences between sessions as learned, in order, scaled so that the capture's mean
@@ -460,8 +462,10 @@ class AggregateModel:
         order = np.argsort(t, kind="stable")
         return t[order], slot[order]
 
-    def _session_starts(self, n_flows, duration_s, rng, rate_scale, calendar: bool = False) -> np.ndarray:
-        """Start offsets (ns) for ``start_model="sessions"``: the learned sessions in a seeded random
+    def _session_starts(self, n_flows, duration_s, rng, rate_scale,
+                        calendar: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Start offsets (ns), with their slots (``_within_sessions``), for
+        ``start_model="sessions"``: the learned sessions in a seeded random
         order (each permutation used whole before the next), separated by the learned silences in
         random order; inside a session, gaps drawn from that session's own (its quantiles; bundles
         from before: the pooled gaps, stretched to its duration). The silences are then scaled so that the flows asked for span the time the capture's mean
