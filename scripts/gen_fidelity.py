@@ -6,6 +6,7 @@ closing shares, real beside synthetic.
     python scripts/gen_fidelity.py detail REAL_DATASET SYNTH_CAPTURE [--top 15]
 
     python scripts/gen_fidelity.py discriminator REAL_DATASET SYNTH_CAPTURE
+    python scripts/gen_fidelity.py seconds DATASET [DATASET ...]
     python scripts/gen_fidelity.py stages MODEL REAL_DATASET FLOOR_DATASET [--seed S]
            [--conditions real,train,plan] [--out DIR]
 
@@ -15,6 +16,11 @@ reads both samples with necst's own reader so the histograms are those the metri
 feature, with the end reasons eof / idle / active merged into one "open" (a dataset of many
 short captures ends its open flows at each file's end, one synthetic capture by idle timeout),
 without the end reason, and with each feature alone.
+
+``seconds`` says how traffic falls on the seconds, what packets_per_s and bytes_per_s compare:
+per dataset (processed captures), seconds with packets (per million seconds of its span, the
+metric counts quiet seconds too) and those with at least k packets, and the flow starts: seconds
+with one, seconds within 10 s after one, and bursts (runs of starts without a gap over 3 s).
 
 ``stages`` follows one set of flows through the generator and scores each stage against REAL,
 as ratios to the floor (FLOOR vs REAL), with the report's own metrics: ``model`` is the flow
@@ -85,6 +91,31 @@ def detail(real: str, synth: str, top: int) -> None:
     show("kind / end_reason / handshake (flows)", lambda p, f: f.groupby(
         [f["kind"].astype(str), f["end_reason"].astype(str), f["handshake"].astype(str)]).size())
     show("wire length (packets, top values)", lambda p, f: p["wire_len"].value_counts())
+
+
+def seconds(datasets: list[str]) -> None:
+    from necst.evaluate.views import per_second_distribution
+    from necst.process.dataset import load_dataset
+
+    ks = (1, 2, 3, 5, 10, 20, 30, 50, 100)
+    rows = {}
+    for path in datasets:
+        ds = load_dataset(path)
+        ts = ds.packets.column("ts_ns").to_numpy()
+        t = (ts - ts.min()) / 1e9
+        values, counts = per_second_distribution(t, None, float(t.max()))
+        per_m = 1e6 / counts.sum()
+        busy = values > 0
+        start = np.sort(ds.flows.column("first_seen_ns").to_numpy())
+        sec = (start - ts.min()) // 10**9
+        row = {f">= {k} packets": counts[values >= k].sum() * per_m for k in ks}
+        row["packets per busy second (median)"] = float(np.median(np.repeat(values[busy], counts[busy].astype(int))))
+        row["flows per second with a start"] = len(start) / len(np.unique(sec))
+        row["seconds within 10 s of a start, per flow"] = len(np.unique((sec[:, None] + np.arange(10)).ravel())) / len(start)
+        row["flows per burst (gaps <= 3 s)"] = len(start) / (1 + int((np.diff(start) > 3e9).sum()))
+        rows[Path(path).name] = row
+    print("seconds with at least k packets, per million seconds of the span:")
+    print(pd.DataFrame(rows).to_string(float_format=lambda x: f"{x:.3g}"))
 
 
 def discriminator(real: str, synth: str) -> None:
@@ -247,6 +278,8 @@ def main() -> None:
     c = sub.add_parser("discriminator")
     c.add_argument("real")
     c.add_argument("synth")
+    sc = sub.add_parser("seconds")
+    sc.add_argument("datasets", nargs="+")
     st = sub.add_parser("stages")
     st.add_argument("model")
     st.add_argument("real")
@@ -259,6 +292,8 @@ def main() -> None:
         table(a.reports)
     elif a.cmd == "discriminator":
         discriminator(a.real, a.synth)
+    elif a.cmd == "seconds":
+        seconds(a.datasets)
     elif a.cmd == "stages":
         stages(a.model, a.real, a.floor, a.seed, a.conditions.split(","), a.out)
     else:
