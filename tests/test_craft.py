@@ -164,6 +164,23 @@ def test_run_of_pure_acks_acknowledges_segments_one_by_one():
     assert ((ack[6] - isn_s - 1) % 2**32) >= 100  # never below what was acknowledged before
 
 
+def _ack_ping_pong():
+    """Three server segments, then client and server pure ACKs in turn (the server has nothing new
+    to acknowledge), then the client's data."""
+    return _one_flow([SYN, SYN | ACK, ACK, PSH | ACK, PSH | ACK, PSH | ACK, ACK, ACK, ACK, ACK, ACK, PSH | ACK],
+                     [0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 0], [0, 0, 0, 100, 200, 300, 0, 0, 0, 0, 0, 10])
+
+
+def test_pure_acks_between_the_other_sides_acks_acknowledge_segments_one_by_one():
+    f = _ack_ping_pong()
+    ack = f["ack"].astype(np.int64)
+    isn_s = int(f["seq"][1])
+    # the client's pure ACKs: 100, 300, 600, its data all 600 (a data packet acknowledges all)
+    assert [(int(a) - isn_s - 1) % 2**32 for a in ack[[6, 8, 10, 11]]] == [100, 300, 600, 600]
+    # the server's pure ACKs have only the client's SYN to acknowledge: they repeat
+    assert len(set(ack[[1, 3, 4, 5, 7, 9]].tolist())) == 1
+
+
 def test_existing_handshake_kept_and_only_invalid_flags_change():
     f = _one_flow([SYN, SYN | ACK, ACK | PSH, RST | ACK, ACK | FIN, ACK | FIN, PSH | ACK, RST | ACK],
                   [0, 1, 0, 1, 0, 0, 0, 1], [0, 0, 10, 5, 0, 0, 0, 3])
@@ -587,6 +604,14 @@ def test_tshark_finds_link_kinds_valid(tmp_path, tshark):
     icmp6 = _tshark_fields(tshark, path, "icmpv6", "icmpv6.type", "icmpv6.checksum.status", "icmpv6.mldr.nb_mcast_records")
     assert icmp6 == [["133", "1", ""], ["135", "1", ""], ["143", "1", "2"], ["143", "1", "5"], ["143", "1", "1"]]
     assert len(_tshark_fields(tshark, path, "ipv6.hopopts && icmpv6.type == 143", "frame.number")) == 3
+
+
+def test_tshark_sees_duplicate_acks_only_where_nothing_is_left_to_acknowledge(tmp_path, tshark):
+    fields = _ack_ping_pong()
+    path = write_capture(tmp_path / "p.pcap", [build_frames(fields)])
+    v = tshark_verdict(tshark, path)
+    assert v["duplicate_ack"] == 2 and v["analysis_other_than_dup_ack"] == 0, v  # the server's two
+    assert v["malformed"] == v["expert_errors"] == v["bad_checksums"] == 0, v
 
 
 def test_tshark_sees_one_stream_and_necst_two_flows_in_a_continuation(tmp_path, tshark):

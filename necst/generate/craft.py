@@ -83,8 +83,8 @@ option (zeros there are a malformed BOOTP packet under 300 bytes).
 
 Sequence numbers start from a seeded random ISN per flow and direction and advance by
 payload bytes, plus one for SYN and for FIN; an ACK acknowledges what the other direction sent
-before it, never more, so nothing is ever unseen or missing (a run of pure ACKs acknowledges
-the other side's last segments one at a time, see ``_spread_acks``). Timestamps inside a flow
+before it, never more, so nothing is ever unseen or missing (pure ACKs acknowledge the other
+side's last segments one at a time where there are enough, see ``_spread_acks``). Timestamps inside a flow
 never go back (a running maximum); the ICMP echo sequence counts the initiator's requests,
 the reply echoing the last one. ARP is crafted as request (initiator, to the flow's
 destination MAC: broadcast, one way, or the peer's) / reply (responder). ICMP is crafted as echo request (initiator) / echo reply
@@ -502,44 +502,51 @@ def _continuations(flow, d, fl, ts, tcp_row, flows, n_flows: int, idle_s: float)
 def _spread_acks(flow, d, fl, pl, tcp, consumed, full, row_first) -> np.ndarray:
     """Bytes of the other side each packet acknowledges (relative to its ISN).
 
-    By default all it sent before. But a run of pure ACKs from one side (no packet from the other
-    side between them) acknowledges the other side's last segments one by one, the run's last
-    ACK acknowledging all, as stacks that ack every segment do; only when a run is longer than
-    the segments to acknowledge do ACKs repeat (Wireshark's duplicate ACKs, as in real traffic).
-    Acknowledgements never go back.
+    A packet with data, SYN, FIN or RST acknowledges all the other side sent before it. The pure
+    ACKs a side sends between two such packets of its own (the other side's packets may come
+    between) acknowledge the other side's segments one by one where there are more segments than
+    ACKs to come, each ACK one segment further than the one before it, the last as far as all (as
+    stacks that ack every segment do, and as real pure ACKs are: 71 % acknowledge all, 14 % all but
+    one segment, 6 % all but two in the held-out IoT Sentinel captures; their data packets 99 %
+    all). Only where a side sends more pure ACKs than the other side sent segments does an ACK
+    repeat (Wireshark's duplicate ACKs, as in real traffic). Acknowledgements never go back.
     """
     n = len(flow)
     pure = tcp & (pl == 0) & ((fl & (SYN | FIN | RST)) == 0) & ((fl & ACK) != 0)
-    same = np.zeros(n, bool)
-    same[1:] = (flow[1:] == flow[:-1]) & (d[1:] == d[:-1]) & pure[:-1]
-    run_start = pure & ~same
-    if not (pure & same).any():
+    if not pure.any():
         return full
-    run_id = np.cumsum(run_start) - 1
-    run_id = np.where(pure, run_id, -1)
-    ends = np.zeros(run_id.max() + 1 if (run_id >= 0).any() else 0, np.int64)
-    rows = np.flatnonzero(pure)
-    np.maximum.at(ends, run_id[rows], rows)
-    from_end = np.where(pure, ends[np.maximum(run_id, 0)] - np.arange(n), 0)
     out = full.copy()
     for side in (0, 1):
         other = 1 - side
         cons = tcp & (d == other) & (consumed > 0)  # the other side's segments (data, SYN, FIN)
-        count = _grouped_exclusive_cumsum(cons.astype(np.int64), row_first)  # its segments before each row
-        ends_bytes = np.cumsum(np.where(cons, consumed, 0))  # global running bytes of those segments
         cons_rows = np.flatnonzero(cons)
-        sel = np.flatnonzero(pure & (d == side) & (from_end > 0))
-        if len(sel) == 0 or len(cons_rows) == 0:
+        rows = np.flatnonzero(tcp & (d == side))
+        if len(cons_rows) == 0 or not pure[rows].any():
             continue
-        target = count[sel] - 1 - from_end[sel]  # which of the other side's segments to acknowledge
-        ok = target >= 0
-        sel, target = sel[ok], target[ok]
-        # index into cons_rows of each selected row's flow's first segment of the other side
-        g = np.searchsorted(cons_rows, row_first[sel]) + target
-        # bytes acknowledged = the other side's running bytes up to and including segment g, in flow terms
-        seg_row = cons_rows[g]
-        within = ends_bytes[seg_row] - (ends_bytes[row_first[sel]] - np.where(cons[row_first[sel]],
-                                                                               consumed[row_first[sel]], 0))
+        count = _grouped_exclusive_cumsum(cons.astype(np.int64), row_first)[rows]  # its segments before each row
+        p = pure[rows].astype(np.int64)
+        f = flow[rows]
+        # a stretch: one of the side's packets that is no pure ACK and the pure ACKs after it
+        new = np.r_[True, (f[1:] != f[:-1]) | (p[1:] == 0)]
+        stretch = np.cumsum(new) - 1
+        starts = np.flatnonzero(new)
+        acks_so_far = _grouped_exclusive_cumsum(p, starts[stretch]) + p  # pure ACKs up to each row, in its stretch
+        # the most segments each pure ACK may acknowledge so that every later one of its stretch
+        # still acknowledges a new one: min over the later rows l of (count_l - acks_l) + acks_row
+        room = count - acks_so_far
+        top = room.max()
+        later_min = top - _grouped_cummax((top - room)[::-1], stretch[::-1])[::-1]
+        level = np.where(p == 1, np.maximum(acks_so_far + later_min, np.minimum(count, 1)), count)
+        hold = np.flatnonzero((p == 1) & (level < count))
+        if len(hold) == 0:
+            continue
+        sel, level = rows[hold], level[hold]
+        # bytes acknowledged = the other side's running bytes up to and including its segment
+        # number ``level`` (1-based) of the flow
+        ends_bytes = np.cumsum(np.where(cons, consumed, 0))
+        g = np.searchsorted(cons_rows, row_first[sel]) + level - 1
+        first = row_first[sel]
+        within = ends_bytes[cons_rows[g]] - (ends_bytes[first] - np.where(cons[first], consumed[first], 0))
         out[sel] = np.minimum(within, full[sel])
     # never acknowledge less than before: a running maximum per (flow, side)
     for side in (0, 1):
