@@ -164,6 +164,23 @@ def test_run_of_pure_acks_acknowledges_segments_one_by_one():
     assert ((ack[6] - isn_s - 1) % 2**32) >= 100  # never below what was acknowledged before
 
 
+def _ack_ping_pong():
+    """Three server segments, then client and server pure ACKs in turn (the server has nothing new
+    to acknowledge), then the client's data."""
+    return _one_flow([SYN, SYN | ACK, ACK, PSH | ACK, PSH | ACK, PSH | ACK, ACK, ACK, ACK, ACK, ACK, PSH | ACK],
+                     [0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 0], [0, 0, 0, 100, 200, 300, 0, 0, 0, 0, 0, 10])
+
+
+def test_pure_acks_between_the_other_sides_acks_acknowledge_segments_one_by_one():
+    f = _ack_ping_pong()
+    ack = f["ack"].astype(np.int64)
+    isn_s = int(f["seq"][1])
+    # the client's pure ACKs: 100, 300, 600, its data all 600 (a data packet acknowledges all)
+    assert [(int(a) - isn_s - 1) % 2**32 for a in ack[[6, 8, 10, 11]]] == [100, 300, 600, 600]
+    # the server's pure ACKs have only the client's SYN to acknowledge: they repeat
+    assert len(set(ack[[1, 3, 4, 5, 7, 9]].tolist())) == 1
+
+
 def test_existing_handshake_kept_and_only_invalid_flags_change():
     f = _one_flow([SYN, SYN | ACK, ACK | PSH, RST | ACK, ACK | FIN, ACK | FIN, PSH | ACK, RST | ACK],
                   [0, 1, 0, 1, 0, 0, 0, 1], [0, 0, 10, 5, 0, 0, 0, 3])
@@ -254,6 +271,67 @@ def test_partial_handshake_completed_in_place():
     assert f["tcp_flags"][:3].tolist() == [SYN, SYN | ACK, ACK]
     assert f["direction"][:3].tolist() == [0, 1, 0]
     assert f.repairs["handshake_inserted"] == 2
+
+
+def _idle_then_mid_stream(second_at_s=200.0, first_closes=False, reverse=True):
+    """A connection the model opened and left open (flow 0), a flow the model starts mid-stream
+    ``second_at_s`` later between the same hosts and server port (flow 1: the server's FIN then the
+    client's RST, or, not ``reverse``, the client's data then its FIN), and another mid-stream flow
+    of that server (flow 2) with no earlier connection left to continue."""
+    close = [(0, 0, FIN | ACK, 0, 0.07), (0, 1, FIN | ACK, 0, 0.08), (0, 0, ACK, 0, 0.09)] if first_closes else []
+    second = ([(1, 0, FIN | ACK, 0, 0.0), (1, 1, RST, 0, 0.01)] if reverse else
+              [(1, 0, PSH | ACK, 40, 0.0), (1, 1, ACK, 0, 0.01), (1, 0, FIN | ACK, 0, 0.02), (1, 1, FIN | ACK, 0, 0.03)])
+    rows = ([(0, 0, SYN, 0, 0.0), (0, 1, SYN | ACK, 0, 0.01), (0, 0, ACK, 0, 0.02), (0, 0, PSH | ACK, 100, 0.03),
+             (0, 1, ACK, 0, 0.04), (0, 1, PSH | ACK, 50, 0.05), (0, 0, ACK, 0, 0.06)] + close
+            + [(f, d, fl, pl, t + second_at_s) for f, d, fl, pl, t in second]
+            + [(2, 0, PSH | ACK, 30, 400.0), (2, 1, ACK, 0, 400.01)])
+    packets = pd.DataFrame(rows, columns=["flow", "direction", "tcp_flags", "payload_len", "t"])
+    packets["ts_ns"] = T0 + np.rint(packets.pop("t") * 1e9).astype(np.int64)
+    client, server = "10.0.0.1", "198.18.0.1"
+    flows = pd.DataFrame(dict(kind="tcp", src_ip=[client, server if reverse else client, client],
+                              dst_ip=[server, client if reverse else server, server],
+                              src_mac="02:00:00:00:00:01", dst_mac="02:00:00:00:00:02",
+                              src_port=[40000, 443 if reverse else 40007, 40001],
+                              dst_port=[443, 40005 if reverse else 443, 443], app="tls"))
+    return packets, flows
+
+
+def test_mid_stream_flow_continues_an_idle_connection():
+    """Same 5-tuple, sequence and acknowledgement numbers carrying on where the connection stopped,
+    no handshake inserted; the mid-stream flow with nothing to continue gets one."""
+    for reverse in (True, False):
+        f = plan_packets(*_idle_then_mid_stream(reverse=reverse), seed=1, attempts=True)
+        assert f.repairs["continued"] == 1 and f.repairs["handshake_inserted"] == 2  # flow 2's, not flow 1's
+        flow, d, fl = f["flow"], f["direction"], f["tcp_flags"].astype(int)
+        seq, ack, pl = f["seq"].astype(np.int64), f["ack"].astype(np.int64), f["payload_len"]
+        assert (flow == 0).sum() == 7 + (2 if reverse else 4) and not (flow == 1).any()
+        one = np.flatnonzero(flow == 0)
+        assert ((fl[one[1:]] & SYN) == 0).sum() == len(one) - 2  # one SYN each way: the opening
+        later = one[7:]  # the continuation, its directions as the connection's (the server is side 1)
+        assert d[later].tolist() == ([1, 0] if reverse else [0, 1, 0, 1])
+        assert set(f["sport"][later[d[later] == 0]]) == {40000} and set(f["dport"][later[d[later] == 0]]) == {443}
+        for side in (0, 1):  # each side's sequence carries on from its last segment before the silence
+            rows = one[d[one] == side]
+            nxt = (seq[rows[:-1]] + pl[rows[:-1]] + ((fl[rows[:-1]] & (SYN | FIN)) != 0)) & 0xFFFFFFFF
+            assert (seq[rows[1:]] == nxt).all()
+        fin = later[(fl[later] & FIN) != 0][0]  # acknowledges all the other side sent
+        other = one[(d[one] != d[fin]) & (one < fin)]
+        assert ack[fin] == (seq[other[-1]] + pl[other[-1]] + ((fl[other[-1]] & (SYN | FIN)) != 0)) & 0xFFFFFFFF
+    off = plan_packets(*_idle_then_mid_stream(), seed=1, continuations=False)
+    assert off.repairs.get("continued", 0) == 0 and off.repairs["handshake_inserted"] == 4
+
+
+def test_mid_stream_flow_continues_only_an_open_connection_idle_long_enough():
+    soon = plan_packets(*_idle_then_mid_stream(second_at_s=100.0), seed=1)  # a meter would not cut it
+    assert (soon["flow"] == 1).sum() == 2 + 2 and soon.repairs["handshake_inserted"] == 2  # its own handshake
+    assert not (soon["flow"] == 2).any() and soon.repairs["continued"] == 1  # flow 2, 400 s on, continues
+    shorter = plan_packets(*_idle_then_mid_stream(second_at_s=100.0), seed=1, idle_s=60)  # a meter cutting at 60 s
+    assert not (shorter["flow"] == 1).any() and (shorter["flow"] == 2).any()
+    closed = plan_packets(*_idle_then_mid_stream(first_closes=True), seed=1)
+    assert closed.repairs["continued"] == 0 and closed.repairs["handshake_inserted"] == 4
+    packets, flows = _idle_then_mid_stream()
+    other = plan_packets(packets, flows.assign(dst_ip=["198.18.0.2", "10.0.0.1", "198.18.0.1"]), seed=1)
+    assert other.repairs["continued"] == 0  # another server
 
 
 def test_timestamps_never_go_back_within_flows_and_output():
@@ -526,6 +604,35 @@ def test_tshark_finds_link_kinds_valid(tmp_path, tshark):
     icmp6 = _tshark_fields(tshark, path, "icmpv6", "icmpv6.type", "icmpv6.checksum.status", "icmpv6.mldr.nb_mcast_records")
     assert icmp6 == [["133", "1", ""], ["135", "1", ""], ["143", "1", "2"], ["143", "1", "5"], ["143", "1", "1"]]
     assert len(_tshark_fields(tshark, path, "ipv6.hopopts && icmpv6.type == 143", "frame.number")) == 3
+
+
+def test_tshark_sees_duplicate_acks_only_where_nothing_is_left_to_acknowledge(tmp_path, tshark):
+    fields = _ack_ping_pong()
+    path = write_capture(tmp_path / "p.pcap", [build_frames(fields)])
+    v = tshark_verdict(tshark, path)
+    assert v["duplicate_ack"] == 2 and v["analysis_other_than_dup_ack"] == 0, v  # the server's two
+    assert v["malformed"] == v["expert_errors"] == v["bad_checksums"] == 0, v
+
+
+def test_tshark_sees_one_stream_and_necst_two_flows_in_a_continuation(tmp_path, tshark):
+    """The continued connection is one Wireshark stream that opened with a full handshake, with
+    nothing flagged across the silence; necst's flow meter cuts it, as real meters do, into a flow
+    with the handshake and a flow without one, on the same 5-tuple."""
+    from necst.process.flows import assign_flows
+
+    fields = plan_packets(*_idle_then_mid_stream(), seed=4, attempts=True)
+    path = write_capture(tmp_path / "c.pcap", [build_frames(fields.take(fields.time_order()))])
+    v = tshark_verdict(tshark, path)
+    assert v["tcp_streams"] == 2 and v["streams_opening_with_syn"] == 2, v
+    assert v["malformed"] == v["expert_errors"] == v["bad_checksums"] == 0, v
+    assert sum(v[a] for a in _ANALYSIS) == 0, v
+    _, meter = assign_flows(_read_back(path))
+    got = meter.to_pandas().sort_values("first_seen_ns")
+    assert got["handshake"].tolist() == [True, False, True]
+    assert got["end_reason"].tolist()[:2] == ["idle", "rst"]
+    ends = [frozenset([(r.src_ip, r.src_port), (r.dst_ip, r.dst_port)]) for r in got.itertuples()]
+    assert ends[0] == ends[1] != ends[2]
+    assert (got["src_ip"].iloc[1], got["src_port"].iloc[1]) == ("198.18.0.1", 443)  # the server spoke first
 
 
 @pytest.mark.parametrize("payload", ["zeros", "app"])
