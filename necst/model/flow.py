@@ -36,8 +36,8 @@ flag+direction 0.00125 / 0.00132 -> 0.00120 / 0.00124, TCP duration ratio 1.16 /
 1.09. Held-out, once: TCP flag bigrams 1.87 -> 1.61, flag+direction 1.86 -> 1.67 (session 5
 note). Tried and not taken: 160 units with it (validation 0.00030 flag / 0.00092 flag+direction,
 but on held-out the TCP network stopped early at 39 epochs and scored 2.06 / 1.96, log gaps
-1.57); feeding back the gaps too (0.00028 / 0.00089, TCP duration 1.26); min-p truncation or temperature of the heads
-when sampling (no gain: the drift is not in the tails).
+1.57); feeding back the gaps too (0.00028 / 0.00089, TCP duration 1.26); min-p truncation or
+temperature of the heads when sampling (no gain: the drift is not in the tails).
 
 Training sequences never cross flows. Long flows are cut into windows of ``window`` packets;
 each window starts from a zero LSTM state, with the previous packet's tokens as its first
