@@ -214,8 +214,8 @@ class FlowModel:
                  patience: int = 4, prev_in_heads: bool = True, end_at_count: bool = True,
                  code_pool: int = 256, rem_exact: int = 64, self_feed: float = 0.0,
                  self_feed_tokens: tuple = ("dir", "flag", "code"), self_feed_kinds: tuple = ("tcp",),
-                 seed: int = 0, verbose: bool = False):
-        self.units, self.window, self.epochs, self.batch_size = units, window, epochs, batch_size
+                 head_units: int = 64, seed: int = 0, verbose: bool = False):
+        self.units, self.head_units, self.window, self.epochs, self.batch_size = units, head_units, window, epochs, batch_size
         self.learning_rate, self.n_gap_bins = learning_rate, n_gap_bins
         self.min_flag_count, self.max_flags, self.min_app_count = min_flag_count, max_flags, min_app_count
         self.val_fraction, self.patience, self.seed, self.verbose = val_fraction, patience, seed, verbose
@@ -225,7 +225,7 @@ class FlowModel:
 
     def get_config(self) -> dict:
         return {k: getattr(self, k) for k in (
-            "units", "window", "epochs", "batch_size", "learning_rate", "n_gap_bins", "min_flag_count",
+            "units", "head_units", "window", "epochs", "batch_size", "learning_rate", "n_gap_bins", "min_flag_count",
             "max_flags", "min_app_count", "val_fraction", "patience", "prev_in_heads", "end_at_count", "code_pool",
             "rem_exact", "self_feed", "self_feed_tokens", "self_feed_kinds", "seed")}
 
@@ -431,7 +431,7 @@ class FlowModel:
         out = {}
         for name, names in arch["heads"].items():
             z = L.Concatenate(name=f"{name}_in")([parts[p] for p in names])
-            z = L.Dense(64, activation="relu", name=f"{name}_hidden")(z)
+            z = L.Dense(self.head_units, activation="relu", name=f"{name}_hidden")(z)
             out[name] = L.Dense(n_out[name], name=name)(z)
         return keras.Model(inp, out, name="necst_flow_lstm")
 
@@ -773,6 +773,7 @@ class FlowModel:
         try:
             config = {k: v for k, v in meta["config"].items() if k in cls().get_config()}
             config.setdefault("rem_exact", 16)  # bundles from before it was a setting
+            config.setdefault("head_units", 64)  # likewise (the heads' hidden width was fixed)
             model = cls(**config)
             arrays = bundle.arrays("flow_arrays.npz")
             model.gap_edges_ = np.asarray(arrays["gap_edges"], dtype=np.float64)
