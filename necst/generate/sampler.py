@@ -30,7 +30,7 @@ import pandas as pd
 
 from necst.capture.writer import CaptureWriter
 from necst.errors import NecstError
-from necst.generate.craft import Arena, PacketFields, build_frames, plan_packets
+from necst.generate.craft import IDLE_S, Arena, PacketFields, build_frames, plan_packets
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"  # -> models/default
 MAX_BATCH_PACKETS = 1 << 16
@@ -174,6 +174,9 @@ class Sampler:
         self.max_packets_per_flow = max_packets_per_flow
         self.close_flows = close_flows
         self.attempts = attempts  # keep the model's failed TCP connection attempts (craft rule 0)
+        # the idle timeout of the flow meter the model learned from: a mid-stream flow continues an
+        # earlier connection only after a longer silence (craft's "Mid-stream flows")
+        self.idle_s = float(getattr(aggregate, "idle_s_", IDLE_S))
         self.keep_addresses = keep_addresses
         self.repairs: dict[str, int] = {}
         self.flows = 0
@@ -373,7 +376,7 @@ class Sampler:
         if end_ns is not None:
             pk = pk[pk["ts_ns"].to_numpy() < end_ns]
         fields = plan_packets(pk, craft_flow_table(sub), seed=seed, close_flows=self.close_flows,
-                              attempts=self.attempts)
+                              attempts=self.attempts, idle_s=self.idle_s)
         if end_ns is not None and len(fields):  # inserted handshake packets share their successor's time
             fields = fields.take(np.flatnonzero(fields["ts_ns"] < end_ns))
         return fields
