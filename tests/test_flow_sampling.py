@@ -182,6 +182,7 @@ class _StubPackets:
 
 def test_sample_orders_packets_by_flow_and_keeps_text_values():
     fm = FlowModel.load(DEFAULT_MODEL)
+    fm.lengths_ = {}  # the stub's own lengths, not the exact lengths learned with the real packet model
     pm = _StubPackets()
     req = fm.sample_requests(400, seed=1)  # kinds interleaved
     s = fm.sample(req, pm, seed=2)
