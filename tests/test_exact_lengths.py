@@ -49,6 +49,17 @@ def test_sizes_repeat_inside_a_flow_as_in_training():
     assert same > 0.95
 
 
+def test_whole_frames_as_headers_keep_their_length():
+    """Noflow packets carry no payload: their "header" is the frame (ICMP, LLC up to 169 bytes seen)."""
+    rng = np.random.default_rng(0)
+    hdr = rng.choice([60, 98, 169, 600], 400)
+    zeros = np.zeros(400, np.int64)
+    flow = np.arange(400)
+    m = ExactLengths.fit(zeros, zeros, zeros, flow, hdr, zeros, n_cond=1)
+    h, p = m.draw(zeros, zeros, zeros, flow, np.full(400, 700), zeros, np.random.default_rng(1))
+    assert set(np.unique(h)) == {60, 98, 169, 600} and (p == 0).all()
+
+
 def test_rare_lengths_keep_the_packet_models_draw_and_arrays_round_trip():
     rng = np.random.default_rng(0)
     flow = np.arange(200)

@@ -32,11 +32,12 @@ import numpy as np
 from necst.errors import NecstError
 
 _PAYLOAD_BITS = 17  # payload lengths below 128 KiB; the header length takes the bits above
-_PREV_SPAN = 1 << 24  # lengths (header and payload) as one value below this
+_HEADER_MAX = 1023  # "header" is everything before the payload: a whole ARP or ICMP frame (169 bytes seen)
+_PREV_SPAN = (_HEADER_MAX + 1) << _PAYLOAD_BITS  # every (header, payload) value lies below this
 
 
 def _value(hdr, payload) -> np.ndarray:
-    return (np.clip(np.asarray(hdr, np.int64), 0, 127) << _PAYLOAD_BITS) + np.clip(
+    return (np.clip(np.asarray(hdr, np.int64), 0, _HEADER_MAX) << _PAYLOAD_BITS) + np.clip(
         np.asarray(payload, np.int64), 0, (1 << _PAYLOAD_BITS) - 1)
 
 
