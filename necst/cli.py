@@ -94,6 +94,9 @@ def train(
     model: Optional[Path] = typer.Option(None, "--model", help="An existing bundle: its levels are kept, and the flow level reads its packet level."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs of the packet VAE (early stopping may end sooner)."),
     latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Latent size of the packet VAE."),
+    flow_units: Optional[int] = typer.Option(None, "--flow-units", min=1, help="LSTM width of the flow level (default 96; sampling cost grows with it)."),
+    flow_head_units: Optional[int] = typer.Option(None, "--flow-head-units", min=1, help="Hidden width of the flow level's output heads (default 32)."),
+    flow_epochs: Optional[int] = typer.Option(None, "--flow-epochs", min=1, help="Most epochs of each flow-level LSTM (early stopping may end sooner)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random step."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -102,8 +105,10 @@ def train(
     from necst.model.bundle import train_generator
 
     params = {k: v for k, v in {"epochs": epochs, "latent_dim": latent_dim}.items() if v is not None}
+    flow_params = {k: v for k, v in {"units": flow_units, "head_units": flow_head_units,
+                                     "epochs": flow_epochs}.items() if v is not None}
     models = train_generator(dataset, out, level, model=model, force=force, seed=seed,
-                             packet_params=params,
+                             packet_params=params, flow_params=flow_params,
                              verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
                              echo=lambda line: typer.echo(line, err=True))
     if models.packet is not None and level in ("packet", "all"):

@@ -308,3 +308,15 @@ def test_cli_train_packet_level_on_real_packets(small_dataset, tmp_path):
     bad = CliRunner().invoke(app, ["train", str(small_dataset), "--level", "flows", "--out",
                                    str(tmp_path / "x"), "--quiet"])
     assert bad.exit_code == 2 and "unknown level" in bad.output
+    # the flow level on top of it, its sizes from the command line; a size of 0 is refused
+    flow_out = tmp_path / "flow"
+    res = CliRunner().invoke(app, ["train", str(small_dataset), "--level", "flow", "--model", str(out),
+                                   "--out", str(flow_out), "--flow-units", "8", "--flow-head-units", "4",
+                                   "--flow-epochs", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    flow = load_generator(flow_out).flow
+    assert (flow.units, flow.head_units, flow.epochs) == (8, 4, 1)
+    assert flow.sample(flow.sample_requests(20, seed=0), gen.packet, seed=0)["flow"].nunique() == 20
+    zero = CliRunner().invoke(app, ["train", str(small_dataset), "--level", "flow", "--model", str(out),
+                                    "--out", str(tmp_path / "y"), "--flow-units", "0", "--quiet"])
+    assert zero.exit_code == 2 and not (tmp_path / "y").exists()

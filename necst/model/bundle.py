@@ -202,13 +202,13 @@ def read_packet_pools(bundle, models: GeneratorModels) -> None:
 
 def train_generator(dataset: str | Path, out: str | Path, level: str = "packet", *,
                     model: str | Path | None = None, force: bool = False, seed: int = 0,
-                    packet_params: dict | None = None, verbose: int = 1,
+                    packet_params: dict | None = None, flow_params: dict | None = None, verbose: int = 1,
                     echo: Callable[[str], None] = print) -> GeneratorModels:
     """``necst train``: fit the level(s) asked for and write one bundle holding every level.
 
     ``level``: packet, flow, aggregate or all. Flow needs a packet level: from ``model`` (an
     existing bundle) or trained here for ``all``. Levels not trained are carried over from
-    ``model``.
+    ``model``. ``packet_params`` / ``flow_params`` go to the level's constructor (sizes, epochs).
     """
     from necst.process.dataset import load_dataset
 
@@ -236,7 +236,7 @@ def train_generator(dataset: str | Path, out: str | Path, level: str = "packet",
             if models.packet is None:
                 raise NecstError("the flow level needs a packet level: give --model with one, "
                                  "or train --level all")
-            m = classes[lv](seed=seed).fit(data, models.packet)
+            m = classes[lv](seed=seed, **(flow_params or {})).fit(data, models.packet)
         else:
             m = classes[lv](seed=seed).fit(data)
         setattr(models, lv, m)
